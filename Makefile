@@ -1,0 +1,29 @@
+# 常用命令（Windows 没有 make 时，README 给出了等价的 pip / python 命令）
+#   make run       执行全部笔记本（默认 demo 档位，离线可用），输出在 outputs/<档位>/
+#   make test      单元测试 + 每个笔记本的 smoke 运行 + papermill 参数测试
+#   make handouts  把执行过的笔记本生成 HTML 讲义
+# 第一次运行会自动创建 .venv 并安装依赖（PyTorch 约 2 分钟）。
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= demo
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+
+.PHONY: run test handouts venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -r requirements-dev.txt -e .
+	touch $@
+
+run: venv
+	$(BIN)/python -m course_utils run --profile $(PROFILE)
+
+test: venv
+	COURSE_PROFILE=smoke COURSE_HEADLESS=1 $(BIN)/python -m pytest
+
+clean:
+	rm -rf outputs/smoke .pytest_cache

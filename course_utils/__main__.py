@@ -1,0 +1,36 @@
+"""命令行入口：``python -m course_utils <子命令>``。
+
+- ``run``：按顺序执行笔记本（默认档位取环境变量 COURSE_PROFILE，否则 full；``make run`` 用 demo）。
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import runner
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m course_utils", description="迁移学习图像分类实战：课程命令行工具")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="按顺序执行课程笔记本，输出写到 outputs/<档位>/")
+    run.add_argument("--profile", choices=["full", "quick", "demo", "smoke"], default=None,
+                     help="运行档位；不给时读取环境变量 COURSE_PROFILE，默认 full")
+    run.add_argument("--only", nargs="+", metavar="NN", help="只执行这些编号的笔记本，例如 --only 04 05")
+    run.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                     help="传给每个笔记本 parameters 单元格的参数，可重复，例如 -p EPOCHS=3")
+    run.add_argument("--notebooks-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    run.set_defaults(handler=runner.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""四种运行档位（profile）：同一套笔记本，按机器和用途换一组默认值。
+
+- full：完整 fruit30，224 像素，20 轮，必须有 ImageNet 权重（GPU 上的正式课程）；
+- quick：fruit30 每类取固定的一小部分，小图、少轮，必须有 ImageNet 权重（CPU 课堂）；
+- demo：课程自带的生成水果数据集，无需下载（离线首次运行，``make run``）；
+- smoke：极小的生成数据集、1 轮、只跑几个批次、不用预训练权重（测试与 CI）。
+
+档位只改变默认值；笔记本 ``parameters`` 单元格里显式给出的值（或 papermill 注入的值）优先。
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+__all__ = ["PROFILES", "Settings", "resolve_profile", "resolve_settings", "ProfileError"]
+
+PROFILE_ENV_VAR = "COURSE_PROFILE"
+DEFAULT_PROFILE = "full"
+
+
+class ProfileError(ValueError):
+    """档位名或参数写错时抛出。"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """一次运行的全部设置。字段都有中文说明，``to_frame()`` 可以整理成表格。"""
+
+    profile: str
+    dataset: str  # "fruit30" | "demo" | "smoke"：数据集注册表里的名字
+    image_size: int  # 送进网络的边长（像素）
+    resize_size: int  # 测试时先缩放到这个边长，再中心裁剪到 image_size
+    epochs: int  # 训练轮数
+    batch_size: int
+    lr: float  # 分类头的学习率
+    weights: str | None  # torchvision 权重名（如 "IMAGENET1K_V1"）或本地文件路径；None 表示随机初始化
+    weights_required: bool  # True：拿不到预训练权重就停下报错；False：退回随机初始化并醒目提示
+    per_class_limit: int | None  # 每类最多取多少张训练图（quick 档用固定子集）；None 表示全部
+    max_batches: int | None  # 每轮最多训练多少个批次（smoke 档用来封顶）；None 表示不限
+    val_fraction: float  # 从 train/ 中分层划出多少比例作验证集
+    num_workers: int | None  # DataLoader 进程数；None 表示按平台自动选择安全值
+    seed: int
+    extra: dict = field(default_factory=dict, compare=False)  # 笔记本自己的附加参数
+
+    def replace(self, **changes) -> "Settings":
+        """返回改了若干字段的新 Settings（原对象不变）。"""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """转成普通字典，便于写入指标 JSON 和检查点元数据。"""
+        data = dataclasses.asdict(self)
+        extra = data.pop("extra")
+        data.update(extra)
+        return data
+
+    def to_frame(self):
+        """整理成“设置 / 取值 / 说明”三列的 pandas 表格，在笔记本里直接显示。"""
+        import pandas as pd
+
+        rows = [
+            {"设置": key, "取值": "None" if value is None else str(value), "说明": FIELD_HELP.get(key, "")}
+            for key, value in self.to_dict().items()
+        ]
+        return pd.DataFrame(rows).set_index("设置")
+
+    def _repr_html_(self) -> str:
+        return self.to_frame().to_html()
+
+
+FIELD_HELP = {
+    "profile": "运行档位",
+    "dataset": "数据集",
+    "image_size": "输入边长（像素）",
+    "resize_size": "评估时先缩放到的边长",
+    "epochs": "训练轮数",
+    "batch_size": "批量大小",
+    "lr": "学习率",
+    "weights": "预训练权重（None 为随机初始化）",
+    "weights_required": "拿不到权重时是否停止",
+    "per_class_limit": "每类训练图片上限",
+    "max_batches": "每轮批次上限",
+    "val_fraction": "从 train/ 划出的验证集比例",
+    "num_workers": "数据加载进程数（None 为自动）",
+    "seed": "随机种子",
+}
+
+IMAGENET = "IMAGENET1K_V1"
+
+PROFILES: dict[str, Settings] = {
+    "full": Settings(
+        profile="full", dataset="fruit30", image_size=224, resize_size=256, epochs=20,
+        batch_size=32, lr=1e-3, weights=IMAGENET, weights_required=True, per_class_limit=None,
+        max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
+    ),
+    "quick": Settings(
+        profile="quick", dataset="fruit30", image_size=160, resize_size=182, epochs=3,
+        batch_size=32, lr=1e-3, weights=IMAGENET, weights_required=True, per_class_limit=40,
+        max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
+    ),
+    "demo": Settings(
+        profile="demo", dataset="demo", image_size=112, resize_size=128, epochs=4,
+        batch_size=32, lr=1e-3, weights=IMAGENET, weights_required=False, per_class_limit=None,
+        max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
+    ),
+    "smoke": Settings(
+        profile="smoke", dataset="smoke", image_size=32, resize_size=36, epochs=1,
+        batch_size=8, lr=1e-3, weights=None, weights_required=False, per_class_limit=None,
+        max_batches=2, val_fraction=0.25, num_workers=0, seed=42,
+    ),
+}
+
+
+def resolve_profile(profile: str | None = None) -> str:
+    """决定用哪个档位：显式参数优先，其次环境变量 COURSE_PROFILE，最后默认 full。"""
+    name = profile if profile is not None else os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE
+    name = str(name).strip().lower()
+    if name not in PROFILES:
+        choices = " / ".join(PROFILES)
+        raise ProfileError(
+            f"没有名为 {name!r} 的运行档位。可选：{choices}。"
+            f"检查笔记本 parameters 单元格里的 PROFILE，或环境变量 {PROFILE_ENV_VAR}。"
+        )
+    return name
+
+
+def resolve_settings(profile: str | None = None, **overrides) -> Settings:
+    """按档位取默认设置，再用非 None 的覆盖值替换。
+
+    参数：
+        profile：档位名；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
+        overrides：字段名 = 值，例如 ``epochs=EPOCHS``；值为 None 的项保持档位默认。
+            不是 Settings 字段的名字放进 ``settings.extra``（例如 STRATEGY）。
+    返回：
+        Settings（不可变；要改用 ``settings.replace(...)``）。
+    """
+    base = PROFILES[resolve_profile(profile)]
+    known = {f.name for f in dataclasses.fields(Settings)} - {"profile", "extra"}
+    changes, extra = {}, {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        key = key.lower()
+        if key in known:
+            changes[key] = _coerce(key, value, getattr(base, key))
+        else:
+            extra[key] = value
+    return base.replace(**changes, extra=extra)
+
+
+def _coerce(key: str, value, default):
+    """把 papermill 传进来的字符串等转换成字段应有的类型，转换不了就给出中文提示。"""
+    target = type(default) if default is not None else None
+    if key == "weights" and isinstance(value, str) and value.strip().lower() in {"none", ""}:
+        return None
+    if target in (int, float) and not isinstance(value, bool):
+        try:
+            return target(value)
+        except (TypeError, ValueError) as exc:
+            raise ProfileError(f"参数 {key} 需要一个数字，收到的是 {value!r}。") from exc
+    if target is bool and isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "是"}
+    return value

@@ -1,0 +1,45 @@
+"""课程仓库里的固定位置。所有路径都从本文件的位置推出来，与当前工作目录无关。
+
+两个环境变量可以改写位置（测试和教室机房常用）：
+- ``COURSE_DATA_DIR``：数据集存放处（默认仓库的 ``data/``）；
+- ``COURSE_OUTPUT_DIR``：输出根目录（默认仓库的 ``outputs/``），其下按档位分子目录。
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "REPO_ROOT", "NOTEBOOKS_DIR", "FONTS_DIR", "data_dir", "output_dir", "OUTPUT_KINDS",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+FONTS_DIR = REPO_ROOT / "fonts"
+
+# outputs/<档位>/ 下的固定子目录：执行过的笔记本、检查点、图、指标、讲义
+OUTPUT_KINDS = ("notebooks", "checkpoints", "figures", "metrics", "handouts")
+
+
+def data_dir() -> Path:
+    """数据集根目录（不存在就创建）。"""
+    path = Path(os.environ.get("COURSE_DATA_DIR") or REPO_ROOT / "data")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def output_dir(profile: str, kind: str | None = None) -> Path:
+    """某个档位的输出目录，例如 ``output_dir("demo", "figures")``；目录不存在就创建。
+
+    参数：
+        profile：档位名（full / quick / demo / smoke）。
+        kind：子目录名，取 OUTPUT_KINDS 之一；None 表示档位根目录。
+    """
+    root = Path(os.environ.get("COURSE_OUTPUT_DIR") or REPO_ROOT / "outputs") / profile
+    if kind is not None:
+        if kind not in OUTPUT_KINDS:
+            raise ValueError(f"未知的输出子目录 {kind!r}，可选：{', '.join(OUTPUT_KINDS)}。")
+        root = root / kind
+    root.mkdir(parents=True, exist_ok=True)
+    return root

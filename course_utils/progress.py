@@ -1,0 +1,31 @@
+"""进度条：在 JupyterLab 里用网页进度条，在终端、papermill 和测试里用文字进度条。"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["progress_bar", "is_headless"]
+
+HEADLESS_ENV_VAR = "COURSE_HEADLESS"
+
+
+def is_headless() -> bool:
+    """是否在无人值守地运行（runner、papermill、pytest 会设置 COURSE_HEADLESS=1）。"""
+    return os.environ.get(HEADLESS_ENV_VAR, "").strip().lower() in {"1", "true", "yes"}
+
+
+def progress_bar(iterable=None, **kwargs):
+    """返回一个 tqdm 进度条，参数与 tqdm 相同。
+
+    交互运行时用 ``tqdm.auto``（JupyterLab 中是网页进度条）；无人值守时用文字进度条，
+    并把刷新间隔拉长，免得执行过的笔记本里堆满进度条的中间状态。
+    """
+    if is_headless():
+        from tqdm import tqdm
+
+        kwargs.setdefault("mininterval", 10.0)
+        kwargs.setdefault("ascii", True)
+    else:
+        from tqdm.auto import tqdm
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,158 @@
+"""按顺序无人值守地执行课程笔记本（papermill），并汇总结果。
+
+命令行用法见 ``python -m course_utils run --help``。执行过的笔记本写到
+``outputs/<档位>/notebooks/``；任何一个笔记本出错，就指出是哪个笔记本、哪个单元格、什么错误，
+保留出错的那份执行结果供检查，并以非零状态退出。
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .config import resolve_profile
+from .progress import HEADLESS_ENV_VAR
+
+__all__ = ["list_notebooks", "run_notebooks", "NotebookFailed", "parse_parameters"]
+
+NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
+
+
+class NotebookFailed(RuntimeError):
+    """某个笔记本执行出错。
+
+    属性：notebook（路径）、cell（单元格序号，从 1 开始）、error、output（执行到出错处的副本）、
+    completed（出错之前已经通过的笔记本结果）。
+    """
+
+    def __init__(self, notebook: Path, cell: int | None, error: str, output: Path):
+        self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
+        self.completed: list[NotebookResult] = []
+        where = f"第 {cell} 个单元格" if cell else "启动或保存时"
+        super().__init__(
+            f"笔记本 {notebook.name} 在{where}出错：{error}\n"
+            f"执行到出错处的副本保存在 {output}，可以在 JupyterLab 里打开查看。"
+        )
+
+
+@dataclass
+class NotebookResult:
+    name: str
+    seconds: float
+    status: str  # "通过" | "失败"
+
+
+def list_notebooks(notebooks_dir: Path | None = None, only: list[str] | None = None) -> list[Path]:
+    """按编号列出核心笔记本（``NN_name.ipynb``）；only 给出编号或文件名前缀时只取这些。"""
+    notebooks_dir = Path(notebooks_dir or paths.NOTEBOOKS_DIR)
+    found = sorted(p for p in notebooks_dir.glob("*.ipynb") if NOTEBOOK_PATTERN.match(p.name))
+    if only:
+        found = [p for p in found if any(p.name.startswith(prefix) for prefix in only)]
+        if not found:
+            raise FileNotFoundError(f"在 {notebooks_dir} 里找不到编号为 {' '.join(only)} 的笔记本。")
+    return found
+
+
+def parse_parameters(pairs: list[str] | None) -> dict:
+    """把命令行的 ``KEY=VALUE`` 列表转成字典；VALUE 按 Python 字面量解析（3、0.01、None、"a"）。"""
+    parameters = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"参数 {pair!r} 的格式不对，应写成 KEY=VALUE，例如 -p EPOCHS=3。")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # 不是字面量就当字符串，例如 -p STRATEGY=finetune
+        parameters[key.strip()] = value
+    return parameters
+
+
+def run_notebooks(
+    profile: str | None = None,
+    only: list[str] | None = None,
+    parameters: dict | None = None,
+    notebooks_dir: Path | None = None,
+) -> list[NotebookResult]:
+    """依次执行笔记本，返回每个笔记本的结果；出错时抛出 NotebookFailed。"""
+    import papermill as pm
+
+    profile = resolve_profile(profile)
+    notebooks_dir = Path(notebooks_dir or paths.NOTEBOOKS_DIR).resolve()
+    out_dir = paths.output_dir(profile, "notebooks")
+    os.environ[HEADLESS_ENV_VAR] = "1"  # 内核继承这个环境变量，改用文字进度条
+    os.environ["COURSE_PROFILE"] = profile
+    results = []
+    for notebook in list_notebooks(notebooks_dir, only):
+        output = out_dir / notebook.name
+        print(f"▶ {notebook.name}（档位 {profile}）", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(notebook), str(output), parameters={"PROFILE": profile, **(parameters or {})},
+                cwd=str(notebooks_dir), kernel_name="python3", progress_bar=True,
+            )
+        except Exception as exc:  # 单元格出错，或内核起不来、超时：都指名道姓地报告
+            failed = _describe_failure(notebook, output, exc)
+            failed.completed = results
+            raise failed from exc
+        results.append(NotebookResult(notebook.name, time.perf_counter() - start, "通过"))
+    return results
+
+
+def _describe_failure(notebook: Path, output: Path, exc: Exception) -> NotebookFailed:
+    """把 papermill 的异常整理成 NotebookFailed（带上出错的单元格序号）。"""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        cell = _original_cell_number(notebook, exc.source)
+        return NotebookFailed(notebook, cell, f"{exc.ename}: {exc.evalue}", output)
+    return NotebookFailed(notebook, None, f"{type(exc).__name__}: {exc}", output)
+
+
+def _original_cell_number(notebook: Path, source: str) -> int | None:
+    """出错单元格在原笔记本里是第几个（从 1 开始，含 Markdown 单元格）。
+
+    papermill 会插入一个注入参数的单元格，所以不能直接用它报告的序号。
+    """
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    for number, cell in enumerate(cells, start=1):
+        if cell.cell_type == "code" and cell.source.strip() == (source or "").strip():
+            return number
+    return None
+
+
+def format_summary(results: list[NotebookResult], failed: NotebookFailed | None = None) -> str:
+    """汇总表：笔记本、用时（秒）、状态。"""
+    rows = [(r.name, f"{r.seconds:.1f}", r.status) for r in results]
+    if failed is not None:
+        rows.append((failed.notebook.name, "-", "失败"))
+    width = max([len("笔记本")] + [len(r[0]) for r in rows])
+    lines = [f"{'笔记本':<{width - 3}}  {'用时(秒)':>8}  状态", "-" * (width + 20)]
+    lines += [f"{name:<{width}}  {sec:>10}  {status}" for name, sec, status in rows]
+    total = sum(r.seconds for r in results)
+    lines.append(f"共 {len(rows)} 个笔记本，用时 {total:.1f} 秒")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    """``python -m course_utils run`` 的入口；返回进程退出码。"""
+    profile = resolve_profile(args.profile)
+    results: list[NotebookResult] = []
+    try:
+        results = run_notebooks(profile, args.only, parse_parameters(args.param), args.notebooks_dir)
+    except NotebookFailed as failed:
+        print(format_summary(failed.completed, failed))
+        print(f"\n[失败] {failed}")
+        return 1
+    print(format_summary(results))
+    print(f"\n执行过的笔记本在 {paths.output_dir(profile, 'notebooks')}")
+    return 0
+

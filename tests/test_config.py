@@ -1,0 +1,84 @@
+"""档位与设置：环境变量、覆盖值、papermill 传入的字符串、写错时的中文提示。"""
+
+import pytest
+
+import course_utils as cu
+from course_utils.config import PROFILES, ProfileError, resolve_profile, resolve_settings
+
+
+def test_every_profile_has_the_same_fields_and_its_own_name():
+    assert set(PROFILES) == {"full", "quick", "demo", "smoke"}
+    for name, settings in PROFILES.items():
+        assert settings.profile == name
+
+
+def test_profile_comes_from_argument_then_environment_then_full(monkeypatch):
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    assert resolve_profile(None) == "full"
+    monkeypatch.setenv("COURSE_PROFILE", "Demo")
+    assert resolve_profile(None) == "demo"
+    assert resolve_profile("quick") == "quick"  # 显式参数优先于环境变量
+
+
+def test_unknown_profile_is_a_chinese_error_listing_the_choices(monkeypatch):
+    with pytest.raises(ProfileError, match="没有名为 'gpu' 的运行档位.*full / quick / demo / smoke"):
+        resolve_profile("gpu")
+    monkeypatch.setenv("COURSE_PROFILE", "fast")
+    with pytest.raises(ProfileError, match="COURSE_PROFILE"):
+        resolve_profile(None)
+
+
+def test_overrides_replace_defaults_but_none_keeps_them():
+    settings = resolve_settings("smoke", epochs=3, batch_size=None, STRATEGY="finetune")
+    assert settings.epochs == 3
+    assert settings.batch_size == PROFILES["smoke"].batch_size
+    assert settings.extra == {"strategy": "finetune"}  # 不是设置字段的参数进 extra
+    assert settings.to_dict()["strategy"] == "finetune"
+    assert PROFILES["smoke"].epochs == 1  # 原始档位没有被改动
+
+
+def test_strings_from_the_command_line_are_converted():
+    settings = resolve_settings("demo", epochs="2", lr="0.01", weights="None")
+    assert settings.epochs == 2 and settings.lr == 0.01 and settings.weights is None
+    with pytest.raises(ProfileError, match="需要一个数字"):
+        resolve_settings("demo", epochs="two")
+
+
+def test_settings_table_has_a_chinese_explanation_for_every_field():
+    table = cu.resolve_settings("smoke").to_frame()
+    assert list(table.columns) == ["取值", "说明"]
+    assert table.loc["epochs", "取值"] == "1"
+    assert (table["说明"] != "").all()
+    assert "<table" in cu.resolve_settings("smoke")._repr_html_()
+
+
+def test_user_facing_profiles_need_imagenet_and_smoke_does_not():
+    assert PROFILES["full"].weights_required and PROFILES["quick"].weights_required
+    assert not PROFILES["demo"].weights_required  # demo 在离线时退回随机初始化（并醒目提示）
+    assert PROFILES["smoke"].weights is None
+
+
+def test_output_dir_follows_the_environment_and_rejects_unknown_kinds(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
+    assert cu.output_dir("demo", "figures") == tmp_path / "demo" / "figures"
+    assert (tmp_path / "demo" / "figures").is_dir()
+    with pytest.raises(ValueError, match="未知的输出子目录"):
+        cu.output_dir("demo", "tmp")
+
+
+def test_importing_the_package_has_no_side_effects():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, course_utils as cu; "
+        "assert 'torch' not in sys.modules, 'import 不应导入 torch'; "
+        "assert 'matplotlib' not in sys.modules; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_unknown_attribute_gives_a_hint():
+    with pytest.raises(AttributeError, match="dir\\(cu\\)"):
+        cu.train_ch4  # noqa: B018

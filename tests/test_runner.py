@@ -1,0 +1,84 @@
+"""runner：按顺序执行笔记本；出错时指出笔记本和单元格，并以非零状态退出。"""
+
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from course_utils import runner
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('PROFILE = None\nGREETING = "你好"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# 测试"), params]
+    nb.cells += [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def tmp_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path / "outputs"))
+    return tmp_path / "outputs"
+
+
+def _run_cli(*args, env_outputs):
+    import os
+
+    env = {**os.environ, "COURSE_OUTPUT_DIR": str(env_outputs)}
+    return subprocess.run(
+        [sys.executable, "-m", "course_utils", "run", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_failing_cell_stops_the_run_names_notebook_and_cell_and_exits_nonzero(tmp_path, tmp_outputs):
+    books = tmp_path / "nbs"
+    books.mkdir()
+    _notebook(books / "00_ok.ipynb", "x = 1")
+    _notebook(books / "01_broken.ipynb", "y = 2", "raise ValueError('故意出错')")
+    _notebook(books / "02_never.ipynb", "z = 3")
+
+    result = _run_cli("--profile", "smoke", "--notebooks-dir", str(books), env_outputs=tmp_outputs)
+
+    assert result.returncode == 1
+    assert "01_broken.ipynb" in result.stdout
+    assert "第 4 个单元格" in result.stdout  # 标题、参数、y = 2 之后的第 4 个
+    assert "ValueError: 故意出错" in result.stdout
+    executed = tmp_outputs / "smoke" / "notebooks"
+    assert (executed / "00_ok.ipynb").exists()
+    assert (executed / "01_broken.ipynb").exists()  # 出错的副本留着供检查
+    assert not (executed / "02_never.ipynb").exists()  # 出错后不再往下执行
+
+
+def test_parameters_and_profile_reach_the_notebook(tmp_path, tmp_outputs):
+    books = tmp_path / "nbs"
+    books.mkdir()
+    _notebook(books / "05_params.ipynb", "assert PROFILE == 'smoke', PROFILE\nassert GREETING == 'hi'")
+    _notebook(books / "06_skip.ipynb", "raise SystemExit('不该执行')")
+
+    result = _run_cli("--profile", "smoke", "--only", "05", "-p", "GREETING=hi",
+                      "--notebooks-dir", str(books), env_outputs=tmp_outputs)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "05_params.ipynb" in result.stdout and "通过" in result.stdout
+    assert "06_skip" not in result.stdout
+
+
+def test_list_notebooks_keeps_order_and_ignores_other_files(tmp_path):
+    for name in ["02_b.ipynb", "00_a.ipynb", "10_extra.ipynb", "Untitled.ipynb", "notes.ipynb"]:
+        _notebook(tmp_path / name)
+    names = [p.name for p in runner.list_notebooks(tmp_path)]
+    assert names == ["00_a.ipynb", "02_b.ipynb", "10_extra.ipynb"]
+    with pytest.raises(FileNotFoundError, match="找不到编号为 07"):
+        runner.list_notebooks(tmp_path, only=["07"])
+
+
+def test_parse_parameters():
+    assert runner.parse_parameters(["EPOCHS=3", "LR=0.01", "STRATEGY=finetune", "W=None", 'S="a=b"']) == {
+        "EPOCHS": 3, "LR": 0.01, "STRATEGY": "finetune", "W": None, "S": "a=b",
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        runner.parse_parameters(["EPOCHS"])
