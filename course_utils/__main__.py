@@ -1,6 +1,7 @@
 """命令行入口：``python -m course_utils <子命令>``。
 
 - ``run``：按顺序执行笔记本（默认档位取环境变量 COURSE_PROFILE，否则 full；``make run`` 用 demo）。
+- ``doctor``：检查环境，逐项打印 [通过]/[失败]/[提示]；有必需项失败时退出码为 1。
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import runner
+from . import env, runner
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="传给每个笔记本 parameters 单元格的参数，可重复，例如 -p EPOCHS=3")
     run.add_argument("--notebooks-dir", type=Path, default=None, help=argparse.SUPPRESS)
     run.set_defaults(handler=runner.main)
+
+    doctor = commands.add_parser("doctor", help="检查环境：Python、依赖版本、设备、中文字体、磁盘、输出目录、数据集")
+    doctor.add_argument("--profile", choices=["full", "quick", "demo", "smoke"], default=None,
+                        help="按哪个档位检查数据集和磁盘空间；不给时读取环境变量 COURSE_PROFILE，默认 full")
+    doctor.set_defaults(handler=lambda args: env.doctor(args.profile))
     return parser
 
 

@@ -1,11 +1,18 @@
-"""运行环境：随机种子、计算设备、笔记本的统一设置。"""
+"""运行环境：随机种子、计算设备、笔记本的统一设置，以及环境检查（[通过]/[失败]/[提示]）。"""
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
-__all__ = ["seed_everything", "get_device", "device_hint", "setup_notebook"]
+from . import paths
+from .config import resolve_settings
+
+__all__ = ["seed_everything", "get_device", "device_hint", "setup_notebook", "check_environment"]
 
 
 def seed_everything(seed: int = 42) -> None:
@@ -58,12 +65,210 @@ def device_hint(device) -> str:
 
 
 def setup_notebook(seed: int = 42) -> None:
-    """每个笔记本开头调用一次：固定随机种子，统一绘图风格。
+    """每个笔记本开头调用一次：固定随机种子，注册中文字体，统一绘图风格。
 
-    这是 course_utils 里唯一会修改全局状态的函数（随机数生成器、matplotlib 的 rcParams），
+    这是 course_utils 里唯一会修改全局状态的函数：随机数生成器、matplotlib 的 rcParams
+    （课程的 seaborn 风格、中文字体、分辨率）和 matplotlib 的字体列表（在内存里加入课程字体）。
     导入 course_utils 本身没有任何副作用。
     """
-    seed_everything(seed)
     import matplotlib as mpl
 
+    from .fonts import set_theme
+
+    seed_everything(seed)
+    set_theme()  # seaborn 风格 + 中文字体（seaborn 会重置字体，所以字体放在它之后设置）
     mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight"})
+
+
+# ---------------------------------------------------------------------------
+# 环境检查：check_environment()，以及命令行 python -m course_utils doctor
+# ---------------------------------------------------------------------------
+
+REQUIREMENTS_FILE = paths.REPO_ROOT / "requirements.txt"
+MIN_PYTHON = (3, 10)
+TESTED_PYTHON = (3, 11)
+FONT_SAMPLE = "迁移学习图像分类：苹果、香蕉，准确率（%）−12.5"
+# 各档位至少需要的空闲磁盘（GB）：fruit30 压缩包约 216 MB、解压后相近，再加权重和检查点
+MIN_FREE_GB = {"full": 1.5, "quick": 1.0, "demo": 0.3, "smoke": 0.05}
+LABELS = {"python": "Python", "device": "计算设备", "font": "中文字体", "disk": "磁盘空间",
+          "outputs": "输出目录", "dataset": "数据集"}
+
+
+def _item(ok: bool, detail: str, required: bool = True) -> dict:
+    """一项检查的结果。required=False 的项没通过时只算提示，不算失败。"""
+    return {"ok": bool(ok), "detail": detail, "required": required}
+
+
+def _tag(item: dict) -> str:
+    if item["ok"]:
+        return "[通过]"
+    return "[失败]" if item["required"] else "[提示]"
+
+
+def _check_python() -> dict:
+    shown = ".".join(map(str, sys.version_info[:3]))
+    if sys.version_info[:2] < MIN_PYTHON:
+        return _item(False, f"{shown}，课程需要 3.10 以上。装好新版 Python 后重新创建 .venv。")
+    note = "" if sys.version_info[:2] == TESTED_PYTHON else "（课程在 3.11 上测试，3.10 以上一般都能用）"
+    return _item(True, shown + note)
+
+
+def _pinned_requirements() -> list:
+    """requirements.txt 里写死版本的包（packaging 的 Requirement 列表）。
+
+    文件不在（例如不是从仓库安装的）时，改读已安装的 course-utils 包声明的依赖。
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    if REQUIREMENTS_FILE.is_file():
+        lines = REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()
+    else:
+        lines = metadata.requires("course-utils") or []
+    specs = [line.split("#")[0].strip() for line in lines]
+    return [Requirement(spec) for spec in specs if spec and not spec.startswith("-")]
+
+
+def _check_package(requirement) -> dict:
+    """已安装的版本是否满足 requirements.txt 的要求（忽略 +cu130 之类的本地标记）。"""
+    from importlib import metadata
+
+    fix = "在仓库根目录运行 pip install -r requirements.txt（或 make venv）。"
+    try:
+        installed = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        return _item(False, f"没有安装（要求 {requirement.specifier}）。{fix}")
+    if requirement.specifier.contains(installed.split("+")[0], prereleases=True):
+        return _item(True, installed)
+    return _item(False, f"装的是 {installed}，课程测试过的是 {requirement.specifier}。{fix}")
+
+
+def _check_device() -> dict:
+    """有 GPU（CUDA 或 MPS）算通过；只有 CPU 时给出选择档位的提示。"""
+    try:
+        device = get_device()
+    except (ImportError, RuntimeError) as exc:
+        return _item(False, f"无法确定计算设备：{exc}。先确认 PyTorch 装好了。")
+    if device.type in ("cuda", "mps"):
+        return _item(True, device_hint(device))
+    return _item(False, device_hint(device), required=False)
+
+
+def _check_font() -> dict:
+    """课程字体存在、matplotlib 能读、覆盖示例句子；顺带说明是否会用 SimHei。"""
+    from matplotlib import font_manager, ft2font
+
+    from . import fonts
+
+    try:
+        path = fonts.course_font_path()
+        family = ft2font.FT2Font(str(path)).family_name
+    except (OSError, RuntimeError) as exc:
+        return _item(False, f"{exc}")
+    missing = fonts.missing_glyphs(FONT_SAMPLE)
+    if missing:
+        return _item(False, f"{path.name} 缺少这些字：{''.join(sorted(missing))}。运行 {fonts.REBUILD_COMMAND} 重新生成。")
+    simhei = fonts.find_simhei(font_manager.fontManager.ttflist)
+    used = f"；检测到 SimHei（{simhei}），绘图时优先用它" if simhei else ""
+    return _item(True, f"{family}（{path.name}）能显示“{FONT_SAMPLE}”{used}")
+
+
+def _check_outputs(profile: str) -> dict:
+    """输出目录能创建、能写入。"""
+    try:
+        root = paths.output_dir(profile)
+        with tempfile.TemporaryFile(dir=root) as probe:
+            probe.write(b"ok")
+    except OSError as exc:
+        return _item(False, f"无法写入输出目录：{exc}。检查磁盘和权限，或用环境变量 COURSE_OUTPUT_DIR 换一个可写的目录。")
+    return _item(True, f"{root} 可以写入")
+
+
+def _check_disk(profile: str) -> dict:
+    """数据目录和输出目录所在磁盘的剩余空间，是否够这个档位用。"""
+    need = MIN_FREE_GB[profile]
+    lines, enough = [], True
+    for name, locate in (("数据", paths.data_dir), ("输出", lambda: paths.output_dir(profile))):
+        try:
+            folder = locate()
+        except OSError:
+            lines.append(f"{name}目录无法创建（见其他检查项）")
+            continue
+        free = shutil.disk_usage(folder).free / 1e9
+        enough = enough and free >= need
+        lines.append(f"{name} {folder} 剩余 {free:.1f} GB")
+    advice = "" if enough else f"。{profile} 档位至少需要 {need} GB：清理磁盘，或用 COURSE_DATA_DIR / COURSE_OUTPUT_DIR 换到空间大的磁盘"
+    return _item(enough, "；".join(lines) + advice)
+
+
+def _dataset_status(settings) -> str | None:
+    """数据模块（course_utils.data）提供 dataset_status() 时，用它的说明。"""
+    import importlib
+
+    try:
+        data = importlib.import_module(f"{__package__}.data")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.data":
+            raise
+        return None
+    status = getattr(data, "dataset_status", None)
+    return status(settings) if status is not None else None
+
+
+def _check_dataset(settings) -> dict:
+    """fruit30 是否已经下载解压；demo / smoke 的数据由课程按需生成。"""
+    status = _dataset_status(settings)
+    if settings.dataset != "fruit30":
+        return _item(True, status or f"{settings.dataset} 数据集由课程按需生成，不用下载。")
+    root = paths.data_dir() / "fruit30_split"
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return _item(True, status or f"fruit30 已就绪：{root}")
+    advice = f"还没有 fruit30 数据集（应在 {root}）。02 笔记本会下载它（约 216 MB）；离线时改用 demo 档位。"
+    return _item(False, status or advice, required=False)
+
+
+def check_environment(print_report: bool = True, profile: str | None = None) -> dict:
+    """检查课程需要的环境，逐项给出 [通过] / [失败] / [提示]。
+
+    检查：Python 版本；requirements.txt 里每个包的版本（torch、torchvision……）；计算设备；
+    中文字体；数据和输出所在磁盘的剩余空间；输出目录能否写入；当前档位的数据集。
+    本函数不修改任何全局设置。
+
+    参数：
+        print_report：是否打印检查结果（每项一行）。
+        profile：档位名；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
+    返回：
+        字典：检查项 -> {"ok": 是否通过, "detail": 说明, "required": 不通过时是否算失败}。
+        检查项依次为 "python"、各个包名（如 "torch"）、"device"、"font"、"disk"、"outputs"、"dataset"。
+    """
+    settings = resolve_settings(profile)
+    report = {"python": _check_python()}
+    for requirement in _pinned_requirements():
+        report[requirement.name.lower()] = _check_package(requirement)
+    report["device"] = _check_device()
+    report["font"] = _check_font()
+    report["disk"] = _check_disk(settings.profile)
+    report["outputs"] = _check_outputs(settings.profile)
+    report["dataset"] = _check_dataset(settings)
+    if print_report:
+        print(format_report(report, settings.profile))
+    return report
+
+
+def format_report(report: dict, profile: str) -> str:
+    """把检查结果排成文字：每项一行，最后一行总结。"""
+    lines = [f"环境检查（档位 {profile}）"]
+    lines += [f"{_tag(item)} {LABELS.get(name, name)}：{item['detail']}" for name, item in report.items()]
+    failed = [LABELS.get(name, name) for name, item in report.items() if not item["ok"] and item["required"]]
+    if failed:
+        lines.append(f"有 {len(failed)} 项必需的检查没有通过：{'、'.join(failed)}。按上面的说明处理后重新检查。")
+    else:
+        lines.append("必需的检查全部通过，可以开始学习了。[提示] 只是建议，不影响运行。")
+    return "\n".join(lines)
+
+
+def doctor(profile: str | None = None) -> int:
+    """``python -m course_utils doctor`` 的入口：打印环境检查，有必需项失败时返回 1。"""
+    report = check_environment(print_report=True, profile=profile)
+    return 1 if any(not item["ok"] and item["required"] for item in report.values()) else 0
