@@ -25,5 +25,9 @@ run: venv
 test: venv
 	COURSE_PROFILE=smoke COURSE_HEADLESS=1 $(BIN)/python -m pytest
 
+handouts: venv
+	$(BIN)/python -m course_utils handouts --profile $(PROFILE)
+	$(BIN)/python -m course_utils handouts --profile $(PROFILE) --student
+
 clean:
 	rm -rf outputs/smoke .pytest_cache

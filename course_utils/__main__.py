@@ -1,6 +1,7 @@
 """命令行入口：``python -m course_utils <子命令>``。
 
 - ``run``：按顺序执行笔记本（默认档位取环境变量 COURSE_PROFILE，否则 full；``make run`` 用 demo）。
+- ``handouts``：把执行过的笔记本生成 HTML 讲义（``--student`` 生成不含参考答案的学生版）。
 - ``doctor``：检查环境，逐项打印 [通过]/[失败]/[提示]；有必需项失败时退出码为 1。
 """
 
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import env, runner
+from . import env, handouts, runner
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
                      help="传给每个笔记本 parameters 单元格的参数，可重复，例如 -p EPOCHS=3")
     run.add_argument("--notebooks-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--no-handouts", action="store_true", help="执行完不生成 HTML 讲义")
     run.set_defaults(handler=runner.main)
+
+    sheets = commands.add_parser("handouts", help="把 outputs/<档位>/notebooks/ 里执行过的笔记本生成 HTML 讲义")
+    sheets.add_argument("--profile", choices=["full", "quick", "demo", "smoke"], default=None,
+                        help="哪个档位的讲义；不给时读取环境变量 COURSE_PROFILE，默认 full")
+    sheets.add_argument("--student", action="store_true",
+                        help="学生版：去掉打了 solution 标签的单元格和参考答案，写到 handouts/student/")
+    sheets.set_defaults(handler=handouts.main)
 
     doctor = commands.add_parser("doctor", help="检查环境：Python、依赖版本、设备、中文字体、磁盘、输出目录、数据集")
     doctor.add_argument("--profile", choices=["full", "quick", "demo", "smoke"], default=None,

@@ -154,5 +154,11 @@ def main(args) -> int:
         return 1
     print(format_summary(results))
     print(f"\n执行过的笔记本在 {paths.output_dir(profile, 'notebooks')}")
+    if getattr(args, "no_handouts", False):
+        return 0
+    from .handouts import build_handouts
+
+    for student in (False, True):  # 教师版和学生版（不含参考答案）
+        print(f"讲义已生成：{build_handouts(profile, student=student)}")
     return 0
 

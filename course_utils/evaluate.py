@@ -1,0 +1,569 @@
+"""评估与预测：在测试集上打分、每类指标、混淆矩阵、分错的图片、单张图片预测、三种策略对比。
+
+指标一律交给 ``sklearn.metrics`` 计算（``zero_division=0``：某类一次也没被预测到时，
+它的精确率记为 0 而不是报错），表格里的类别用中文类名。
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .progress import HEADLESS_ENV_VAR, progress_bar
+
+__all__ = [
+    "Predictions", "predict", "topk_accuracy", "classification_table", "confusion_table",
+    "plot_confusion_matrix", "most_confused_pairs", "show_misclassified", "save_predictions_csv",
+    "eval_transform_from_meta", "check_class_names", "predict_image", "plot_topk",
+    "show_model_input", "example_image", "ensure_checkpoint", "checkpoint_summary",
+    "STRATEGY_LABELS", "run_strategies", "strategy_comparison", "comparison_caveats",
+    "plot_strategy_curves", "StrategyRunFailed",
+]
+
+# 三种策略的中文名（表格和图例用）
+STRATEGY_LABELS = {
+    "freeze": "只训练分类头（freeze）",
+    "finetune": "微调全部层（finetune）",
+    "scratch": "从头训练（scratch）",
+}
+AVERAGE_ROWS = {"macro": "宏平均", "weighted": "加权平均"}
+
+
+# ---------------------------------------------------------------- 预测与指标
+
+
+@dataclass
+class Predictions:
+    """模型在一个数据集上的全部预测。
+
+    属性：probs（形状 (样本数, 类别数) 的 softmax 概率）、labels（真实类别序号）、
+    preds（预测类别序号，即概率最大的那一类）、paths（每个样本的图片路径，顺序与上面一致）。
+    """
+
+    probs: "np.ndarray"
+    labels: "np.ndarray"
+    preds: "np.ndarray"
+    paths: list[str]
+
+    @property
+    def confidences(self):
+        """每个样本预测类别的概率（模型有多“确信”）。"""
+        return self.probs.max(axis=1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _sample_paths(dataset) -> list[str] | None:
+    """数据集里每个样本的图片路径（支持 ImageFolder 及套在外面的 Subset）；拿不到时返回 None。"""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        inner = _sample_paths(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    samples = getattr(dataset, "samples", None)
+    return None if samples is None else [str(path) for path, _ in samples]
+
+
+def predict(model, loader, device) -> Predictions:
+    """用模型对 loader 里的全部图片做一次预测（评估模式、不计算梯度）。
+
+    参数：
+        model：分类模型，输出 logits；loader：DataLoader，不能打乱顺序（shuffle=False），
+        否则无法把预测和图片路径对上；device：计算设备。
+    返回：
+        Predictions（probs、labels、preds、paths）。
+    """
+    import numpy as np
+    import torch
+    from torch.utils.data import SequentialSampler
+
+    if not isinstance(loader.sampler, SequentialSampler):
+        raise ValueError("评估用的 DataLoader 不能打乱顺序：创建它时设置 shuffle=False。")
+    model.eval()
+    all_probs, all_labels = [], []
+    with torch.inference_mode():
+        for images, labels in progress_bar(loader, desc="预测", unit="批"):
+            logits = model(images.to(device))
+            all_probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            all_labels.append(labels.cpu())
+    probs = torch.cat(all_probs).numpy()
+    labels = torch.cat(all_labels).numpy()
+    sample_paths = _sample_paths(loader.dataset) or [""] * len(labels)
+    return Predictions(probs, labels, probs.argmax(axis=1), sample_paths[: len(labels)])
+
+
+def topk_accuracy(probs, labels, k: int = 1) -> float:
+    """top-k 准确率：真实类别排在模型概率前 k 名之内的样本比例。
+
+    k 不小于类别数时，真实类别必然在前 k 名里，直接返回 1.0。
+    """
+    import numpy as np
+    from sklearn.metrics import top_k_accuracy_score
+
+    probs = np.asarray(probs)
+    num_classes = probs.shape[1]
+    if k >= num_classes:
+        return 1.0
+    scores = probs[:, 1] if num_classes == 2 else probs  # sklearn 对二分类要求一维得分
+    return float(top_k_accuracy_score(labels, scores, k=k, labels=np.arange(num_classes)))
+
+
+def classification_table(labels, preds, class_names) -> "pd.DataFrame":
+    """每个类别的精确率、召回率、F1 和样本数，最后两行是宏平均和加权平均。
+
+    所有类别都会出现在表里，即使它在测试集里没有样本或一次也没被预测到（记为 0）。
+    """
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import precision_recall_fscore_support
+
+    classes = np.arange(len(class_names))
+    columns = ["精确率", "召回率", "F1", "样本数"]
+    scores = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
+    table = pd.DataFrame(dict(zip(columns, scores)), index=list(class_names))
+    for average, row_name in AVERAGE_ROWS.items():
+        p, r, f, _ = precision_recall_fscore_support(
+            labels, preds, labels=classes, average=average, zero_division=0
+        )
+        table.loc[row_name] = [p, r, f, len(labels)]
+    table["样本数"] = table["样本数"].astype(int)
+    table.index.name = "类别"
+    return table
+
+
+def confusion_table(labels, preds, class_names, normalize: bool = False) -> "pd.DataFrame":
+    """混淆矩阵表：行是真实类别，列是预测类别；normalize=True 时每行除以该类样本数。"""
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(
+        labels, preds, labels=np.arange(len(class_names)), normalize="true" if normalize else None
+    )
+    table = pd.DataFrame(matrix, index=list(class_names), columns=list(class_names))
+    table.index.name, table.columns.name = "真实类别", "预测类别"
+    return table
+
+
+def plot_confusion_matrix(labels, preds, class_names, normalize: bool = False):
+    """画混淆矩阵热力图（中文类名）；normalize=True 时显示每个真实类别被预测成各类的比例。"""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = confusion_table(labels, preds, class_names, normalize)
+    size = max(4.0, 0.42 * len(class_names) + 2.5)  # 类别多时把图放大，格子里的数字才看得清
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    sns.heatmap(
+        table, annot=len(class_names) <= 30, fmt=".0%" if normalize else "d", cmap="Blues",
+        square=True, cbar=True, linewidths=0.5, annot_kws={"fontsize": 8}, ax=ax,
+        vmin=0, vmax=1 if normalize else None,
+    )
+    ax.set_xlabel("预测类别")
+    ax.set_ylabel("真实类别")
+    ax.set_title("混淆矩阵（按行归一化）" if normalize else "混淆矩阵（样本数）")
+    ax.tick_params(axis="x", labelrotation=90)
+    ax.tick_params(axis="y", labelrotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def most_confused_pairs(labels, preds, class_names, top: int = 5) -> "pd.DataFrame":
+    """最常见的错误：哪个真实类别最常被错认成哪个类别。
+
+    返回的表按次数从多到少排列（次数相同时按真实类别、预测类别的序号），
+    “占该类比例”是这类错误占该真实类别全部样本的比例。
+    """
+    import pandas as pd
+
+    counts = confusion_table(labels, preds, class_names)
+    support = counts.sum(axis=1)
+    rows = [
+        {"真实类别": true_name, "被预测为": pred_name, "次数": int(counts.iat[i, j]),
+         "占该类比例": counts.iat[i, j] / support.iat[i], "_i": i, "_j": j}
+        for i, true_name in enumerate(class_names)
+        for j, pred_name in enumerate(class_names)
+        if i != j and counts.iat[i, j] > 0
+    ]
+    columns = ["真实类别", "被预测为", "次数", "占该类比例"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows).sort_values(["次数", "_i", "_j"], ascending=[False, True, True])
+    return table[columns].head(top).reset_index(drop=True)
+
+
+def show_misclassified(predictions: Predictions, class_names, n: int = 12, cols: int = 4):
+    """把分错的图片排成网格，每张标出真实类别、预测类别和模型的置信度。
+
+    最“自信”的错误排在最前面：它们最值得看。没有分错的图片时，图里写一行说明。
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    wrong = np.flatnonzero(predictions.preds != predictions.labels)
+    wrong = wrong[np.argsort(-predictions.confidences[wrong], kind="stable")][:n]
+    if len(wrong) == 0:
+        fig, ax = plt.subplots(figsize=(4, 1.5))
+        ax.text(0.5, 0.5, "没有分错的图片", ha="center", va="center", fontsize=14)
+        ax.axis("off")
+        return fig
+    rows = int(np.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, min(cols, len(wrong)), figsize=(3 * min(cols, len(wrong)), 3.3 * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, wrong):
+        with Image.open(predictions.paths[index]) as image:
+            ax.imshow(image.convert("RGB"))
+        true_name = class_names[predictions.labels[index]]
+        pred_name = class_names[predictions.preds[index]]
+        confidence = predictions.confidences[index]
+        ax.set_title(f"真实：{true_name}\n预测：{pred_name}（{confidence:.0%}）", color="firebrick", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_predictions_csv(predictions: Predictions, class_names, path) -> Path:
+    """把每张图片的预测写成 CSV（UTF-8 带 BOM，Excel 能直接打开中文），返回文件路径。
+
+    列：图片、真实类别、预测类别、置信度、是否正确，以及每个类别的概率（“概率-类名”）。
+    """
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(class_names)
+    table = pd.DataFrame({
+        "图片": predictions.paths,
+        "真实类别": [names[i] for i in predictions.labels],
+        "预测类别": [names[i] for i in predictions.preds],
+        "置信度": predictions.confidences,
+        "是否正确": predictions.preds == predictions.labels,
+    })
+    probs = pd.DataFrame(predictions.probs, columns=[f"概率-{name}" for name in names])
+    pd.concat([table, probs], axis=1).to_csv(path, index=False, encoding="utf-8-sig")
+    return path
+
+
+# ---------------------------------------------------------------- 单张图片预测
+
+
+def eval_transform_from_meta(meta: dict):
+    """按检查点记录的输入尺寸重建评估用的预处理（与训练后评估测试集时完全相同）。"""
+    return _course().build_eval_transform(meta["image_size"], meta["resize_size"])
+
+
+def check_class_names(meta: dict, class_names) -> list[str]:
+    """确认数据集的类别与检查点训练时的类别一致（顺序也要一致），返回类名列表。"""
+    expected = list(meta["class_names"])
+    if list(class_names) != expected:
+        raise ValueError(
+            f"数据集的类别与检查点不一致：检查点有 {len(expected)} 类，数据集有 {len(class_names)} 类。"
+            "检查 PROFILE 是否与训练时相同，或用当前档位重新运行 04_train.ipynb。"
+        )
+    return expected
+
+
+def _open_rgb(image):
+    """接受图片路径或 PIL 图片，返回 RGB 模式的 PIL 图片。"""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"找不到图片 {path}。检查路径是否写对（相对路径以笔记本所在目录为起点）。")
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    return image.convert("RGB")
+
+
+def predict_image(model, image, transform, class_names, device, k: int = 3) -> "pd.DataFrame":
+    """预测一张图片，返回概率最高的 k 个类别（排名、类别、概率）。
+
+    参数：
+        image：图片路径或 PIL 图片；transform：评估用的预处理（``eval_transform_from_meta(meta)``），
+        与评估测试集时完全一样；k：返回前几名。
+    """
+    import pandas as pd
+    import torch
+
+    batch = transform(_open_rgb(image)).unsqueeze(0).to(device)  # (1, 通道数, 高, 宽)
+    model.eval()
+    with torch.inference_mode():
+        probs = torch.softmax(model(batch).float(), dim=1)[0].cpu()
+    top = torch.topk(probs, k=min(k, len(class_names)))
+    return pd.DataFrame({
+        "排名": range(1, len(top.indices) + 1),
+        "类别": [class_names[i] for i in top.indices.tolist()],
+        "概率": top.values.numpy(),
+    }).set_index("排名")
+
+
+def plot_topk(topk: "pd.DataFrame", title: str = "模型的前几名预测"):
+    """把 ``predict_image`` 的结果画成横向条形图：最可能的类别在最上面，条尾标出概率。"""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.55 * len(topk) + 1.2))
+    bars = ax.barh(topk["类别"][::-1], topk["概率"][::-1], color="tab:orange")
+    ax.bar_label(bars, labels=[f"{p:.1%}" for p in topk["概率"][::-1]], padding=3)
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("概率")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_model_input(image, transform, mean, std):
+    """左边是原图，右边是经过评估预处理（缩放、中心裁剪、标准化后再还原颜色）真正送进模型的图。"""
+    import matplotlib.pyplot as plt
+    import torch
+
+    original = _open_rgb(image)
+    tensor = transform(original)  # (通道数, 高, 宽)，已标准化
+    shown = tensor * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.6))
+    left.imshow(original)
+    left.set_title(f"原图（{original.width}×{original.height}）")
+    right.imshow(shown.clamp(0, 1).permute(1, 2, 0).numpy())
+    right.set_title(f"模型看到的（{tensor.shape[2]}×{tensor.shape[1]}）")
+    for ax in (left, right):
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def example_image(settings) -> Path:
+    """课程总能找到的一张示例图：当前档位数据集测试集（val/）里第一个类别的第一张图。
+
+    数据集不存在时会按档位准备（demo / smoke 档位当场生成，不需要下载）。
+    """
+    test_dir = Path(_course().prepare_dataset(settings)) / "val"
+    for class_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        if images:
+            return images[0]
+    raise FileNotFoundError(f"{test_dir} 里没有图片。删除这个数据集目录后重新运行，让课程重新准备数据。")
+
+
+# ---------------------------------------------------------------- 检查点（05、07 用）
+
+
+def _course():
+    """课程包本身：按名字取其他模块的公开函数（如 ``checkpoint_path``），不关心它在哪个模块。"""
+    import course_utils
+
+    return course_utils
+
+
+class StrategyRunFailed(RuntimeError):
+    """用 papermill 执行训练笔记本 04 时出错。"""
+
+
+@contextmanager
+def _headless():
+    """临时设置 COURSE_HEADLESS=1：子笔记本的内核继承它，改用文字进度条。"""
+    old = os.environ.get(HEADLESS_ENV_VAR)
+    os.environ[HEADLESS_ENV_VAR] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(HEADLESS_ENV_VAR, None)
+        else:
+            os.environ[HEADLESS_ENV_VAR] = old
+
+
+def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebook=None) -> Path:
+    """用 papermill 执行一次训练笔记本，副本写到 ``outputs/<档位>/notebooks/04_train_<策略>.ipynb``。"""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook = Path(notebook or paths.NOTEBOOKS_DIR / "04_train.ipynb")
+    output = paths.output_dir(profile, "notebooks") / f"{notebook.stem}_{strategy}.ipynb"
+    with _headless():
+        try:
+            pm.execute_notebook(
+                str(notebook), str(output), parameters={**parameters, "PROFILE": profile, "STRATEGY": strategy},
+                cwd=str(notebook.parent), kernel_name="python3", progress_bar=False,
+            )
+        except PapermillExecutionError as exc:
+            raise StrategyRunFailed(
+                f"训练笔记本 {notebook.name}（STRATEGY = {strategy!r}）出错：{exc.ename}: {exc.evalue}\n"
+                f"执行到出错处的副本在 {output}，打开它查看出错的单元格。"
+            ) from exc
+    return output
+
+
+def ensure_checkpoint(profile: str, strategy: str, run_missing: bool | None = None) -> Path:
+    """返回 04 训练出的最优检查点路径；还没有时按档位处理。
+
+    参数：
+        run_missing：找不到检查点时是否当场用 papermill 运行 04 来训练一个。
+            None 表示只在 demo / smoke 档位这样做（几秒到几分钟）；full / quick 档位训练较久，
+            直接报错，提示先运行 04。
+    """
+    path = Path(_course().checkpoint_path(profile, strategy, kind="best"))
+    if path.exists():
+        return path
+    if run_missing is None:
+        run_missing = profile in ("demo", "smoke")
+    if not run_missing:
+        raise FileNotFoundError(
+            f"还没有 {profile} 档位、{strategy} 策略的检查点（{path}）。"
+            f"先运行 04_train.ipynb（parameters 单元格里设 PROFILE = {profile!r}、STRATEGY = {strategy!r}），"
+            f"或执行 python -m course_utils run --profile {profile} --only 04 -p STRATEGY={strategy}"
+        )
+    print(f"还没有 {strategy} 策略的检查点：现在用 papermill 运行 04_train.ipynb（{profile} 档位）来训练一个……")
+    executed = _run_training_notebook(profile, strategy, {})
+    print(f"训练完成，执行过的笔记本在 {executed}")
+    return path
+
+
+def checkpoint_summary(meta: dict) -> "pd.DataFrame":
+    """把检查点元数据整理成“项目 / 取值”两列的小表：模型从哪里来、用什么数据训练、效果如何。"""
+    import pandas as pd
+
+    rows = {
+        "模型结构": meta.get("arch"),
+        "迁移策略": STRATEGY_LABELS.get(meta.get("strategy"), meta.get("strategy")),
+        "运行档位": meta.get("profile"),
+        "类别数": meta.get("num_classes"),
+        "输入边长（像素）": meta.get("image_size"),
+        "评估时缩放到": meta.get("resize_size"),
+        "最佳轮次": meta.get("best_epoch"),
+        "最佳验证准确率": meta.get("best_val_acc"),
+        "初始权重": meta.get("weights_note") or meta.get("weights") or "随机初始化",
+    }
+    return pd.DataFrame({"取值": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="项目"))
+
+
+# ---------------------------------------------------------------- 三种策略对比（06 用）
+
+# 判断“已有结果可以复用”时必须相同的设置：同样的数据、种子、轮数、图片尺寸和训练超参数
+SAME_RUN_KEYS = (
+    "dataset", "per_class_limit", "val_fraction", "seed", "epochs", "max_batches",
+    "image_size", "resize_size", "batch_size", "lr", "strategy",
+)
+
+
+def _load_metrics(profile: str, strategy: str) -> dict | None:
+    path = Path(_course().metrics_path(profile, strategy))
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _finished_run_matches(profile: str, strategy: str, parameters: dict) -> bool:
+    """已有的指标 JSON 是否正是按这组参数训练出来的（设置逐项相同）。"""
+    from .config import resolve_settings
+
+    metrics = _load_metrics(profile, strategy)
+    if metrics is None:
+        return False
+    stored = metrics.get("settings", {})
+    lowered = {key.lower(): value for key, value in parameters.items()}
+    expected = resolve_settings(profile, **lowered, strategy=strategy).to_dict()
+    keys = set(SAME_RUN_KEYS) | set(lowered)
+    return all(stored.get(key) == expected.get(key) for key in keys)
+
+
+def run_strategies(profile: str, strategies=("freeze", "finetune", "scratch"), parameters: dict | None = None,
+                   force: bool = False, notebook=None) -> "pd.DataFrame":
+    """在完全相同的条件下，用 papermill 为每种策略各执行一次训练笔记本 04，返回对比表。
+
+    参数：
+        parameters：传给 04 的其余参数（如 ``{"EPOCHS": 3}``），值为 None 的项用档位默认值。
+        force：True 时一律重新训练；否则已有指标 JSON 且设置与这次相同时直接复用。
+        notebook：训练笔记本路径（默认 notebooks/04_train.ipynb；测试时换成小笔记本）。
+    返回：
+        ``strategy_comparison`` 的表，多一列“来源”（复用 / 本次训练）。
+    """
+    parameters = {k: v for k, v in (parameters or {}).items()
+                  if v is not None and k.upper() not in ("PROFILE", "STRATEGY")}
+    sources = {}
+    bar = progress_bar(list(strategies), desc="三种策略", unit="个")
+    for strategy in bar:
+        if not force and _finished_run_matches(profile, strategy, parameters):
+            sources[strategy] = "复用已有结果"
+        else:
+            _run_training_notebook(profile, strategy, parameters, notebook)
+            sources[strategy] = "本次训练"
+        bar.write(f"{strategy}：{sources[strategy]}")
+    table = strategy_comparison(profile, strategies)
+    table.insert(0, "来源", [sources[s] for s in strategies])
+    return table
+
+
+def _all_metrics(profile: str, strategies) -> dict:
+    found = {s: _load_metrics(profile, s) for s in strategies}
+    missing = [s for s, m in found.items() if m is None]
+    if missing:
+        raise FileNotFoundError(
+            f"{profile} 档位还没有这些策略的训练结果：{', '.join(missing)}。"
+            "先运行 06_compare.ipynb 的训练单元格（cu.run_strategies），或分别运行 04_train.ipynb。"
+        )
+    return found
+
+
+def strategy_comparison(profile: str, strategies=("freeze", "finetune", "scratch")) -> "pd.DataFrame":
+    """读取各策略的指标 JSON，整理成一张对比表（每行一种策略）。"""
+    import pandas as pd
+
+    rows = []
+    for strategy, m in _all_metrics(profile, strategies).items():
+        rows.append({
+            "策略": STRATEGY_LABELS.get(strategy, strategy),
+            "测试集准确率": m.get("test_acc"),
+            "最佳验证准确率": m.get("best_val_acc"),
+            "最佳轮次": m.get("best_epoch"),
+            "轮数": m.get("epochs"),
+            "可训练参数": m.get("trainable_params"),
+            "总参数": m.get("total_params"),
+            "每轮用时（秒）": m.get("seconds_per_epoch"),
+            "总用时（秒）": m.get("seconds_total"),
+            "初始权重": m.get("weights") or "随机初始化",
+            "设备": m.get("device"),
+        })
+    return pd.DataFrame(rows).set_index("策略")
+
+
+def comparison_caveats(profile: str, strategies=("freeze", "finetune", "scratch")) -> list[str]:
+    """读对比表之前要知道的事：用的是不是真实数据、是不是 ImageNet 预训练权重。"""
+    notes = []
+    metrics = _all_metrics(profile, strategies)
+    if profile in ("demo", "smoke"):
+        notes.append(f"这次用的是课程生成的 {profile} 数据集，不是 fruit30：数字只用来演示流程，不代表真实效果。")
+    random_start = [s for s, m in metrics.items() if s != "scratch" and not m.get("weights")]
+    if random_start:
+        notes.append(
+            f"{', '.join(random_start)} 这次没有用 ImageNet 预训练权重（随机初始化），"
+            "它们和 scratch 的差别不能说明迁移学习的作用。联网或准备好权重文件后用 demo / quick 档位重跑。"
+        )
+    for strategy, m in metrics.items():
+        if m.get("weights_note"):
+            notes.append(f"{strategy}：{m['weights_note']}")
+    return notes
+
+
+def plot_strategy_curves(profile: str, strategies=("freeze", "finetune", "scratch")):
+    """三种策略的学习曲线：左图为每轮的验证集准确率，右图为训练损失（虚线）与验证损失（实线）。"""
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for strategy, m in _all_metrics(profile, strategies).items():
+        history = m.get("history") or []
+        epochs = [h["epoch"] for h in history]
+        label = STRATEGY_LABELS.get(strategy, strategy)
+        line, = acc_ax.plot(epochs, [h["val_acc"] for h in history], marker="o", label=label)
+        loss_ax.plot(epochs, [h["val_loss"] for h in history], marker="o", color=line.get_color(), label=label)
+        loss_ax.plot(epochs, [h["train_loss"] for h in history], linestyle="--", color=line.get_color())
+    acc_ax.set(title="验证集准确率", xlabel="轮（epoch）", ylabel="准确率", ylim=(0, 1.02))
+    loss_ax.set(title="损失（实线：验证集，虚线：训练集）", xlabel="轮（epoch）", ylabel="交叉熵损失")
+    for ax in (acc_ax, loss_ax):
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,300 @@
+"""HTML 讲义：把执行过的笔记本（``outputs/<档位>/notebooks/``）转成可以离线打开、打印的网页。
+
+- 用 nbconvert 的 HTMLExporter（lab 模板）转换，图表以 base64 嵌在页面里；
+- 中文用课程自带的字体显示，与看讲义的电脑装了什么字体无关：每页嵌入一份只含本页字符的
+  WOFF2 子集字体（fontTools 生成），一页通常只多几百 KB，单个文件就能拷走、发邮件、离线打开；
+- 无人值守执行留下的进度条中间帧（``\\r``）被合并掉，只留最后一帧；
+- ``index.html`` 按编号列出全部页面和标题；
+- 学生版（``student=True``，写到 ``handouts/student/``）去掉参考答案：打了 ``solution`` 标签的
+  单元格，以及 ``notebooks/solutions/`` 里的参考答案笔记本。
+
+命令行：``python -m course_utils handouts [--profile P] [--student]``，或 ``make handouts``。
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import html
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .config import resolve_profile
+
+__all__ = ["build_handouts", "SOLUTION_TAG", "HANDOUT_FONT_FAMILY"]
+
+SOLUTION_TAG = "solution"  # 打了这个标签的单元格只出现在教师版讲义里
+HANDOUT_FONT_FAMILY = "CourseSans"  # 讲义里 @font-face 的字体名
+NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+MATH_PATTERN = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
+FONT_PLACEHOLDER = "/*COURSE-HANDOUT-FONT*/"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+# 讲义模板：在 nbconvert 的 lab 模板上去掉用不到的外部脚本，加上课程字体和页面导航
+TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}
+{%- if "widgets" in nb.metadata -%}<script src="{{ resources.require_js_url }}"></script>{%- endif -%}
+{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}
+{%- if resources.course_has_math -%}{{ super() }}{%- endif -%}
+{%- endblock html_head_js_mathjax -%}
+{%- block html_head_css -%}
+<style type="text/css">""" + FONT_PLACEHOLDER + r"""</style>
+<style type="text/css">
+nav.course-nav { display: flex; gap: 1.5em; padding: 0.6em 1em; margin-bottom: 1em;
+  border-bottom: 1px solid #ddd; font-family: var(--jp-ui-font-family); font-size: 14px; }
+nav.course-nav a { text-decoration: none; }
+@media print { nav.course-nav { display: none; } }
+</style>
+{%- endblock html_head_css -%}
+{%- block body_header -%}
+{{ super() }}
+{{ resources.course_nav }}
+{%- endblock body_header -%}
+{%- block data_png scoped -%}{{ super() | replace("<img ", '<img alt="代码单元格输出的图" ') }}{%- endblock data_png -%}
+{%- block data_jpg scoped -%}{{ super() | replace("<img ", '<img alt="代码单元格输出的图" ') }}{%- endblock data_jpg -%}
+{%- block data_svg scoped -%}{{ super() | replace("<img ", '<img alt="代码单元格输出的图" ') }}{%- endblock data_svg -%}
+"""
+
+
+@dataclass
+class Page:
+    """讲义里的一页：源笔记本、输出文件名、标题、一句话说明。"""
+
+    source: Path
+    file_name: str
+    title: str
+    purpose: str
+    is_solution: bool = False
+
+
+# ---------------------------------------------------------------- 找笔记本、取标题
+
+
+def _executed_notebooks(source_dir: Path, student: bool) -> list[Path]:
+    """按编号列出执行过的笔记本；教师版再加上 solutions/ 里的参考答案。"""
+    found = sorted(p for p in source_dir.glob("*.ipynb") if NOTEBOOK_PATTERN.match(p.name))
+    if not student:
+        found += sorted((source_dir / "solutions").glob("*.ipynb"))
+    return found
+
+
+def _injected_parameters(nb) -> dict:
+    """papermill 注入的参数（不含 PROFILE）；用来区分同一个笔记本的几次运行，如 04 的三种策略。"""
+    values = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "injected-parameters" in cell.metadata.get("tags", []):
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                    values[node.targets[0].id] = ast.literal_eval(node.value)
+    values.pop("PROFILE", None)
+    return values
+
+
+def _describe(path: Path, nb) -> Page:
+    """从第一个 Markdown 单元格取标题（“# NN 标题”）和一句话说明（“> …”）。"""
+    first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
+    heading = next((line for line in first.splitlines() if line.startswith("# ")), f"# {path.stem}")
+    purpose = next((line[1:].strip() for line in first.splitlines() if line.startswith(">")), "")
+    title = heading[2:].strip()
+    params = _injected_parameters(nb)
+    if params:
+        title += "（" + "，".join(f"{k} = {v}" for k, v in params.items()) + "）"
+    is_solution = path.parent.name == "solutions"
+    file_name = ("solutions-" if is_solution else "") + path.stem + ".html"
+    return Page(path, file_name, title, purpose, is_solution)
+
+
+# ---------------------------------------------------------------- 转换
+
+
+def _exporter(student: bool):
+    """配置好的 HTMLExporter：lab 模板 + 课程模板、中文、合并进度条输出、学生版去掉参考答案。"""
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor, TagRemovePreprocessor
+
+    exporter = HTMLExporter(
+        template_name="lab", template_file="course_handout.html.j2",
+        extra_loaders=[DictLoader({"course_handout.html.j2": TEMPLATE})],
+        embed_images=True, language_code="zh", exclude_anchor_links=True,
+    )
+    remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG} if student else set(), enabled=True)
+    exporter.register_preprocessor(remove, enabled=True)
+    exporter.register_preprocessor(CoalesceStreamsPreprocessor(enabled=True), enabled=True)
+    exporter.register_preprocessor(_drop_widget_placeholders, enabled=True)
+    return exporter
+
+
+def _drop_widget_placeholders(nb, resources):
+    """没有保存小部件状态时，网页进度条之类的输出只剩一行 “HBox(...)” 文字：去掉它们。"""
+    if "widgets" not in nb.metadata:
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.outputs if WIDGET_MIME not in o.get("data", {})]
+    return nb, resources
+
+
+def _navigation(pages: list[Page], index: int) -> str:
+    """每页顶部的导航：目录、上一页、下一页。"""
+    links = ['<a href="index.html">目录</a>']
+    if index > 0:
+        links.append(f'<a href="{pages[index - 1].file_name}">← {html.escape(pages[index - 1].title)}</a>')
+    if index + 1 < len(pages):
+        links.append(f'<a href="{pages[index + 1].file_name}">{html.escape(pages[index + 1].title)} →</a>')
+    return '<nav class="course-nav">' + "".join(links) + "</nav>"
+
+
+def _render_page(exporter, pages: list[Page], index: int) -> str:
+    """把一个执行过的笔记本转成 HTML 字符串（字体稍后再嵌入）。"""
+    import nbformat
+
+    page = pages[index]
+    nb = nbformat.read(page.source, as_version=4)
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    resources = {
+        "metadata": {"name": page.title, "path": str(paths.NOTEBOOKS_DIR)},  # Markdown 里的相对图片路径
+        "course_has_math": bool(MATH_PATTERN.search(markdown)),
+        "course_nav": _navigation(pages, index),
+    }
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    return body
+
+
+def _render_index(pages: list[Page], profile: str, student: bool) -> str:
+    """目录页：按顺序列出每一页的标题和一句话说明。"""
+    edition = "学生版（不含参考答案）" if student else "教师版（含参考答案）"
+    items = "\n".join(
+        f'<li><a href="{p.file_name}">{html.escape(p.title)}</a>'
+        + (f'<p>{html.escape(p.purpose)}</p>' if p.purpose else "") + "</li>"
+        for p in pages
+    )
+    return f"""<!DOCTYPE html>
+<html lang="zh">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<title>迁移学习图像分类实战 · 讲义</title>
+<style type="text/css">{FONT_PLACEHOLDER}</style>
+<style type="text/css">
+body {{ font-family: "{HANDOUT_FONT_FAMILY}", sans-serif; max-width: 46em; margin: 2em auto; padding: 0 1em;
+  line-height: 1.6; color: #222; }}
+li {{ margin: 0.8em 0; font-size: 1.1em; }}
+li p {{ margin: 0.2em 0 0; font-size: 0.9em; color: #555; }}
+</style>
+</head>
+<body>
+<h1>迁移学习图像分类实战 · 讲义</h1>
+<p>运行档位：{html.escape(profile)} ｜ {edition}</p>
+<ol>
+{items}
+</ol>
+</body>
+</html>
+"""
+
+
+# ---------------------------------------------------------------- 字体
+
+
+def _font_subset(font_source, text: str, flavor: str | None) -> bytes:
+    """只保留 text 里用到的字符的字体子集；flavor="woff2" 时输出压缩的网页字体。"""
+    from fontTools import subset
+
+    options = subset.Options()
+    options.flavor = flavor
+    options.layout_features = ["*"]
+    options.name_IDs = ["*"]
+    options.notdef_outline = True
+    font = subset.load_font(font_source, options, dontLoadGlyphNames=True)
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text=text)
+    subsetter.subset(font)
+    buffer = io.BytesIO()
+    subset.save_font(font, buffer, options)
+    return buffer.getvalue()
+
+
+def _page_characters(page_html: str) -> str:
+    """页面可能显示的字符：全部可打印 ASCII，加上页面里出现的每个非 ASCII 字符。"""
+    ascii_chars = "".join(chr(c) for c in range(0x20, 0x7F))
+    return ascii_chars + "".join(sorted({ch for ch in page_html if ord(ch) > 0x7E}))
+
+
+def _font_css(woff2: bytes) -> str:
+    """嵌入字体的 @font-face，并让 JupyterLab 样式的正文、界面和代码（中文部分）都用它。"""
+    data = base64.b64encode(woff2).decode("ascii")
+    family = f'"{HANDOUT_FONT_FAMILY}"'
+    return (
+        f"@font-face {{ font-family: {family}; font-display: block;"
+        f" src: url(data:font/woff2;base64,{data}) format(\"woff2\"); }}\n"
+        f"html:root {{ --jp-content-font-family: {family}, sans-serif;"
+        f" --jp-ui-font-family: {family}, sans-serif;"
+        f" --jp-code-font-family: \"DejaVu Sans Mono\", Menlo, Consolas, {family}, monospace; }}\n"
+    )
+
+
+def _embed_fonts(documents: dict[str, str], font_path: Path) -> dict[str, str]:
+    """给每个页面嵌入只含本页字符的字体：先从大字体里取出全部页面的字符（只读一次大文件），再逐页细分。"""
+    every = "".join(sorted({ch for text in documents.values() for ch in _page_characters(text)}))
+    base = _font_subset(str(font_path), every, flavor=None)
+    embedded = {}
+    for name, text in documents.items():
+        woff2 = _font_subset(io.BytesIO(base), _page_characters(text), flavor="woff2")
+        embedded[name] = text.replace(FONT_PLACEHOLDER, _font_css(woff2), 1)
+    return embedded
+
+
+def _default_font_path() -> Path:
+    import course_utils
+
+    return Path(course_utils.course_font_path())
+
+
+# ---------------------------------------------------------------- 入口
+
+
+def build_handouts(profile: str | None = None, student: bool = False, source_dir=None, out_dir=None,
+                   font_path=None) -> Path:
+    """把执行过的笔记本生成 HTML 讲义，返回目录页 index.html 的路径。
+
+    参数：
+        profile：档位；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
+        student：True 生成学生版（去掉 solution 标签的单元格和参考答案），写到 handouts/student/。
+        source_dir：执行过的笔记本所在目录，默认 ``outputs/<档位>/notebooks/``。
+        out_dir：讲义输出目录，默认 ``outputs/<档位>/handouts/``（学生版再加 ``student/``）。
+        font_path：嵌入的中文字体，默认课程自带的字体（``cu.course_font_path()``）。
+    """
+    import nbformat
+
+    profile = resolve_profile(profile)
+    source_dir = Path(source_dir or paths.output_dir(profile, "notebooks"))
+    notebooks = _executed_notebooks(source_dir, student)
+    if not notebooks:
+        raise FileNotFoundError(
+            f"{source_dir} 里还没有执行过的笔记本。先运行 python -m course_utils run --profile {profile}"
+            f"（或 make run PROFILE={profile}），再生成讲义。"
+        )
+    out_dir = Path(out_dir) if out_dir else paths.output_dir(profile, "handouts") / ("student" if student else "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pages = [_describe(p, nbformat.read(p, as_version=4)) for p in notebooks]
+    exporter = _exporter(student)
+    documents = {page.file_name: _render_page(exporter, pages, i) for i, page in enumerate(pages)}
+    documents["index.html"] = _render_index(pages, profile, student)
+    for name, text in _embed_fonts(documents, Path(font_path or _default_font_path())).items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+    return out_dir / "index.html"
+
+
+def main(args) -> int:
+    """``python -m course_utils handouts`` 的入口；返回进程退出码。"""
+    try:
+        index = build_handouts(args.profile, student=args.student)
+    except FileNotFoundError as exc:
+        print(f"[失败] {exc}")
+        return 1
+    print(f"讲义已生成：{index}")
+    return 0

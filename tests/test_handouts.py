@@ -1,0 +1,173 @@
+"""HTML 讲义：目录与顺序、嵌入的子集字体覆盖页面上的每个中文字符、进度条噪声、学生版、命令行。"""
+
+import base64
+import io
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import nbformat
+import pytest
+from fontTools.ttLib import TTFont
+from handout_samples import SECRET, write_executed_notebook
+
+import course_utils as cu
+from course_utils.handouts import HANDOUT_FONT_FAMILY, build_handouts
+
+
+class _Text(HTMLParser):
+    """页面上真正显示的文字（不含 <style>、<script>）。"""
+
+    def __init__(self):
+        super().__init__()
+        self.parts, self._skip = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("style", "script")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("style", "script")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def visible_text(page: str) -> str:
+    parser = _Text()
+    parser.feed(page)
+    return "".join(parser.parts)
+
+
+def embedded_font(page: str) -> TTFont:
+    match = re.search(r"font-family: \"(\w+)\";[^}]*base64,([A-Za-z0-9+/=]+)\) format\(\"woff2\"\)", page)
+    assert match, "页面里没有嵌入 WOFF2 字体"
+    assert match.group(1) == HANDOUT_FONT_FAMILY
+    return TTFont(io.BytesIO(base64.b64decode(match.group(2))))
+
+
+@pytest.fixture
+def executed(tmp_path):
+    """一个 outputs/<档位>/notebooks/ 的样子：三个课程笔记本（其中一个是 04 的某次策略运行）和一份参考答案。"""
+    source = tmp_path / "notebooks"
+    write_executed_notebook(source / "05_evaluate.ipynb")
+    write_executed_notebook(source / "00_setup.ipynb", title="00 环境配置与中文字体", purpose="检查环境。")
+    write_executed_notebook(source / "04_train_finetune.ipynb", title="04 三种迁移学习策略", purpose="训练。",
+                            injected={"PROFILE": "smoke", "STRATEGY": "finetune"})
+    write_executed_notebook(source / "solutions" / "05_evaluate.ipynb", title="05 模型评估 · 参考答案")
+    (source / "Untitled.ipynb").write_text("不是课程笔记本", encoding="utf-8")  # 不符合命名的文件被忽略
+    return source
+
+
+def test_index_lists_every_page_in_order_with_its_title(executed, tmp_path):
+    index = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "out")
+    links = re.findall(r'<li><a href="([^"]+)">([^<]+)</a>', index.read_text(encoding="utf-8"))
+    assert links == [
+        ("00_setup.html", "00 环境配置与中文字体"),
+        ("04_train_finetune.html", "04 三种迁移学习策略（STRATEGY = finetune）"),
+        ("05_evaluate.html", "05 模型评估"),
+        ("solutions-05_evaluate.html", "05 模型评估 · 参考答案"),
+    ]
+    for file_name, title in links:
+        page = (index.parent / file_name).read_text(encoding="utf-8")
+        assert f"<title>{title}</title>" in page
+        assert '<html lang="zh">' in page
+        assert 'href="index.html">目录</a>' in page  # 每页都能回到目录
+    middle = (index.parent / "04_train_finetune.html").read_text(encoding="utf-8")
+    assert 'href="00_setup.html"' in middle and 'href="05_evaluate.html"' in middle  # 上一页、下一页
+
+
+def test_each_page_embeds_a_small_font_that_covers_every_character_shown(executed, tmp_path):
+    index = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "out")
+    full_font = TTFont(cu.course_font_path())
+    for path in sorted(index.parent.glob("*.html")):
+        page = path.read_text(encoding="utf-8")
+        font = embedded_font(page)
+        assert font.flavor == "woff2"
+        covered = set(font.getBestCmap())
+        shown = {ch for ch in visible_text(page) if not ch.isspace()}
+        assert any(ord(ch) > 0x2E80 for ch in shown)  # 页面上确实有中文
+        assert not {ch for ch in shown if ord(ch) not in covered}, f"{path.name} 有字符不在嵌入的字体里"
+        assert len(font.getGlyphOrder()) < len(full_font.getGlyphOrder()) / 10  # 只是本页用到的子集
+        assert path.stat().st_size < 1_000_000, "一页讲义应小于 1 MB"
+
+
+def test_progress_bar_frames_and_widget_placeholders_do_not_reach_the_page(executed, tmp_path):
+    index = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "out")
+    text = visible_text((index.parent / "05_evaluate.html").read_text(encoding="utf-8"))
+    assert "4/4" in text and "测试集准确率：87.5%" in text  # 进度条的最后一帧和正常输出都在
+    assert "2/4" not in text and "0/4" not in text  # 中间帧被合并掉
+    assert "HBox" not in text
+
+
+def test_student_edition_drops_solution_cells_and_solution_notebooks(executed, tmp_path):
+    teacher = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "teacher")
+    student = build_handouts("smoke", student=True, source_dir=executed, out_dir=tmp_path / "student")
+    assert SECRET in (teacher.parent / "05_evaluate.html").read_text(encoding="utf-8")
+    page = (student.parent / "05_evaluate.html").read_text(encoding="utf-8")
+    assert SECRET not in page and "测试集准确率" in page
+    assert not list(student.parent.glob("solutions-*"))
+    listing = student.read_text(encoding="utf-8")
+    assert "参考答案</a>" not in listing and "学生版" in listing
+
+
+def test_pages_load_nothing_from_the_network_unless_they_need_math(tmp_path):
+    source = tmp_path / "notebooks"
+    write_executed_notebook(source / "01_plain.ipynb")
+    write_executed_notebook(source / "02_math.ipynb", math=True)
+    index = build_handouts("smoke", source_dir=source, out_dir=tmp_path / "out")
+    plain = (index.parent / "01_plain.html").read_text(encoding="utf-8")
+    assert not re.search(r'<(script|link)[^>]+(src|href)="https?:', plain)
+    assert re.search(r'<img alt="代码单元格输出的图"[^>]* src="data:image/png;base64,', plain)  # 图片嵌在页面里
+    math = (index.parent / "02_math.html").read_text(encoding="utf-8")
+    assert re.search(r'<script src="https://[^"]*mathjax', math)  # 有公式时才加载 MathJax
+
+
+def test_missing_executed_notebooks_is_a_chinese_error_with_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="先运行 python -m course_utils run --profile smoke"):
+        build_handouts("smoke", source_dir=tmp_path / "empty", out_dir=tmp_path / "out")
+
+
+def _cli(*args, outputs):
+    env = {**os.environ, "COURSE_OUTPUT_DIR": str(outputs)}
+    return subprocess.run([sys.executable, "-m", "course_utils", *args], capture_output=True, text=True, env=env)
+
+
+def test_handouts_command_builds_both_editions_in_the_profile_folder(tmp_path):
+    outputs = tmp_path / "outputs"
+    result = _cli("handouts", "--profile", "smoke", outputs=outputs)
+    assert result.returncode == 1 and "[失败]" in result.stdout and "make run PROFILE=smoke" in result.stdout
+    write_executed_notebook(outputs / "smoke" / "notebooks" / "05_evaluate.ipynb")
+    assert _cli("handouts", "--profile", "smoke", outputs=outputs).returncode == 0
+    assert (outputs / "smoke" / "handouts" / "05_evaluate.html").exists()
+    result = _cli("handouts", "--profile", "smoke", "--student", outputs=outputs)
+    assert result.returncode == 0, result.stderr
+    assert (outputs / "smoke" / "handouts" / "student" / "index.html").exists()
+
+
+def _trivial_notebook(path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("PROFILE = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# 00 小测试\n\n> 只打印一行。"), params,
+                nbformat.v4.new_code_cell("print('你好')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_run_builds_handouts_at_the_end_unless_told_not_to(tmp_path):
+    books = tmp_path / "nbs"
+    books.mkdir()
+    _trivial_notebook(books / "00_hello.ipynb")
+    with_handouts, without = tmp_path / "a", tmp_path / "b"
+    result = _cli("run", "--profile", "smoke", "--notebooks-dir", str(books), outputs=with_handouts)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "讲义已生成" in result.stdout
+    page = (with_handouts / "smoke" / "handouts" / "00_hello.html").read_text(encoding="utf-8")
+    assert "你好" in visible_text(page)
+    assert (with_handouts / "smoke" / "handouts" / "student" / "00_hello.html").exists()
+    result = _cli("run", "--profile", "smoke", "--no-handouts", "--notebooks-dir", str(books), outputs=without)
+    assert result.returncode == 0 and "讲义" not in result.stdout
+    assert not list((without / "smoke").glob("handouts/*.html"))
