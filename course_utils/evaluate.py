@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,13 @@ STRATEGY_LABELS = {
     "scratch": "从头训练（scratch）",
 }
 AVERAGE_ROWS = {"macro": "宏平均", "weighted": "加权平均"}
+
+
+def _course():
+    """课程包本身：按名字取其他模块的公开函数（如 ``checkpoint_path``），不关心它在哪个模块。"""
+    import course_utils
+
+    return course_utils
 
 
 # ---------------------------------------------------------------- 预测与指标
@@ -203,7 +209,6 @@ def show_misclassified(predictions: Predictions, class_names, n: int = 12, cols:
     """
     import matplotlib.pyplot as plt
     import numpy as np
-    from PIL import Image
 
     wrong = np.flatnonzero(predictions.preds != predictions.labels)
     wrong = wrong[np.argsort(-predictions.confidences[wrong], kind="stable")][:n]
@@ -218,8 +223,7 @@ def show_misclassified(predictions: Predictions, class_names, n: int = 12, cols:
     for ax in axes.flat:
         ax.axis("off")
     for ax, index in zip(axes.flat, wrong):
-        with Image.open(predictions.paths[index]) as image:
-            ax.imshow(image.convert("RGB"))
+        ax.imshow(_open_rgb(predictions.paths[index]))
         true_name = class_names[predictions.labels[index]]
         pred_name = class_names[predictions.preds[index]]
         confidence = predictions.confidences[index]
@@ -270,16 +274,17 @@ def check_class_names(meta: dict, class_names) -> list[str]:
 
 
 def _open_rgb(image):
-    """接受图片路径或 PIL 图片，返回 RGB 模式的 PIL 图片。"""
-    from PIL import Image
+    """接受图片路径或 PIL 图片，按数据集读图的同一套规则（``cu.load_rgb_image``）转成 RGB。"""
+    import io
 
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"找不到图片 {path}。检查路径是否写对（相对路径以笔记本所在目录为起点）。")
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    return image.convert("RGB")
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"找不到图片 {image}。检查路径是否写对（相对路径以笔记本所在目录为起点）。")
+        return _course().load_rgb_image(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # 无损地交给同一个读图函数：透明背景、灰度等的处理与测试集完全相同
+    buffer.seek(0)
+    return _course().load_rgb_image(buffer)
 
 
 def predict_image(model, image, transform, class_names, device, k: int = 3) -> "pd.DataFrame":
@@ -353,13 +358,6 @@ def example_image(settings) -> Path:
 # ---------------------------------------------------------------- 检查点（05、07 用）
 
 
-def _course():
-    """课程包本身：按名字取其他模块的公开函数（如 ``checkpoint_path``），不关心它在哪个模块。"""
-    import course_utils
-
-    return course_utils
-
-
 class StrategyRunFailed(RuntimeError):
     """用 papermill 执行训练笔记本 04 时出错。"""
 
@@ -399,13 +397,14 @@ def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebo
     return output
 
 
-def ensure_checkpoint(profile: str, strategy: str, run_missing: bool | None = None) -> Path:
+def ensure_checkpoint(profile: str, strategy: str, run_missing: bool | None = None, notebook=None) -> Path:
     """返回 04 训练出的最优检查点路径；还没有时按档位处理。
 
     参数：
         run_missing：找不到检查点时是否当场用 papermill 运行 04 来训练一个。
             None 表示只在 demo / smoke 档位这样做（几秒到几分钟）；full / quick 档位训练较久，
             直接报错，提示先运行 04。
+        notebook：训练笔记本（默认 notebooks/04_train.ipynb；测试时换成小笔记本）。
     """
     path = Path(_course().checkpoint_path(profile, strategy, kind="best"))
     if path.exists():
@@ -419,7 +418,7 @@ def ensure_checkpoint(profile: str, strategy: str, run_missing: bool | None = No
             f"或执行 python -m course_utils run --profile {profile} --only 04 -p STRATEGY={strategy}"
         )
     print(f"还没有 {strategy} 策略的检查点：现在用 papermill 运行 04_train.ipynb（{profile} 档位）来训练一个……")
-    executed = _run_training_notebook(profile, strategy, {})
+    executed = _run_training_notebook(profile, strategy, {}, notebook)
     print(f"训练完成，执行过的笔记本在 {executed}")
     return path
 
@@ -453,7 +452,7 @@ SAME_RUN_KEYS = (
 
 def _load_metrics(profile: str, strategy: str) -> dict | None:
     path = Path(_course().metrics_path(profile, strategy))
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    return _course().read_metrics(path) if path.exists() else None
 
 
 def _finished_run_matches(profile: str, strategy: str, parameters: dict) -> bool:

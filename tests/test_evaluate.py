@@ -13,6 +13,12 @@ from torchvision import datasets, transforms
 
 import course_utils as cu
 
+
+@pytest.fixture(autouse=True, scope="module")
+def chinese_font():
+    """图里的中文类名用课程字体画（与笔记本里 cu.setup_notebook() 的效果相同）。"""
+    cu.setup_chinese_font()
+
 # ---------------------------------------------------------------- 手算的小例子
 # 4 个类别、10 个样本。“葡萄”有 1 个样本，但从来没有被预测到。
 CLASSES = ["苹果", "香蕉", "橙子", "葡萄"]
@@ -73,9 +79,14 @@ def test_confusion_counts_and_row_normalisation_match_hand_computation():
 
 
 def test_confusion_matrix_figure_shows_the_counts_with_chinese_labels():
+    import warnings
+
     import matplotlib.pyplot as plt
 
     fig = cu.plot_confusion_matrix(LABELS, PREDS, CLASSES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 缺字（中文显示成方框）时 matplotlib 会发警告
+        fig.canvas.draw()
     ax = fig.axes[0]
     shown = np.asarray(ax.collections[0].get_array()).reshape(4, 4)
     assert shown.tolist() == COUNTS
@@ -261,3 +272,115 @@ def test_checkpoint_summary_is_honest_about_random_weights():
     table = cu.checkpoint_summary(meta)
     assert table.loc["初始权重", "取值"] == "随机初始化"
     assert table.loc["迁移策略", "取值"] == "从头训练（scratch）"
+
+
+# ---------------------------------------------------------------- 检查点与三种策略的编排（用小笔记本代替 04）
+
+FAKE_TRAIN = """
+import json, pathlib
+import course_utils as cu
+
+settings = cu.resolve_settings(PROFILE, epochs=EPOCHS, strategy=STRATEGY)
+if STRATEGY == "broken":
+    raise RuntimeError("故意出错")
+log = cu.output_dir(settings.profile) / "runs.log"
+log.write_text(log.read_text() + STRATEGY + "\\n" if log.exists() else STRATEGY + "\\n")
+acc = {"freeze": 0.8, "finetune": 0.9, "scratch": 0.3}[STRATEGY]
+history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": acc, "val_loss": 1.2 / e, "val_acc": acc * e / settings.epochs,
+            "lr": 0.001, "seconds": 2.0} for e in range(1, settings.epochs + 1)]
+cu.write_metrics(cu.metrics_path(settings.profile, STRATEGY), {
+    "strategy": STRATEGY, "profile": settings.profile, "weights": None if STRATEGY == "scratch" else "IMAGENET1K_V1",
+    "weights_note": "", "epochs": settings.epochs, "best_epoch": settings.epochs, "best_val_acc": acc,
+    "test_acc": acc - 0.05, "trainable_params": 100 if STRATEGY == "freeze" else 1000, "total_params": 1000,
+    "seconds_total": 2.0 * settings.epochs, "seconds_per_epoch": 2.0, "device": "cpu",
+    "history": history, "settings": settings.to_dict()})
+cu.checkpoint_path(settings.profile, STRATEGY).write_bytes(b"checkpoint")
+"""
+
+
+@pytest.fixture
+def fake_train(tmp_path, monkeypatch):
+    """一个像 04 那样写指标 JSON 和检查点的小笔记本；输出目录换到临时目录（子内核继承环境变量）。"""
+    import nbformat
+
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path / "outputs"))
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('PROFILE = None\nSTRATEGY = "freeze"\nEPOCHS = None')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(FAKE_TRAIN)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "04_fake.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _runs(tmp_path):
+    log = tmp_path / "outputs" / "smoke" / "runs.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def test_run_strategies_trains_each_strategy_once_then_reuses_matching_runs(fake_train, tmp_path):
+    table = cu.run_strategies("smoke", ["freeze", "scratch"], {"EPOCHS": None}, notebook=fake_train)
+    assert _runs(tmp_path) == ["freeze", "scratch"]
+    assert table["来源"].tolist() == ["本次训练", "本次训练"]
+    assert list(table.index) == ["只训练分类头（freeze）", "从头训练（scratch）"]
+    assert table["测试集准确率"].tolist() == pytest.approx([0.75, 0.25])
+    assert table["可训练参数"].tolist() == [100, 1000]
+    assert table["初始权重"].tolist() == ["IMAGENET1K_V1", "随机初始化"]
+    executed = tmp_path / "outputs" / "smoke" / "notebooks"
+    assert (executed / "04_fake_freeze.ipynb").exists() and (executed / "04_fake_scratch.ipynb").exists()
+
+    again = cu.run_strategies("smoke", ["freeze", "scratch"], {"EPOCHS": None}, notebook=fake_train)
+    assert _runs(tmp_path) == ["freeze", "scratch"]  # 设置相同：不再训练
+    assert again["来源"].tolist() == ["复用已有结果", "复用已有结果"]
+
+    longer = cu.run_strategies("smoke", ["freeze"], {"EPOCHS": 2}, notebook=fake_train)
+    assert _runs(tmp_path) == ["freeze", "scratch", "freeze"]  # 轮数不同：重新训练
+    assert longer["轮数"].tolist() == [2] and longer["来源"].tolist() == ["本次训练"]
+
+
+def test_run_strategies_names_the_failing_strategy_and_the_executed_copy(fake_train):
+    with pytest.raises(cu.StrategyRunFailed, match="STRATEGY = 'broken'.*故意出错(.|\\n)*04_fake_broken.ipynb"):
+        cu.run_strategies("smoke", ["broken"], notebook=fake_train)
+
+
+def test_ensure_checkpoint_trains_only_where_it_is_cheap(fake_train, tmp_path):
+    with pytest.raises(FileNotFoundError, match="先运行 04_train.ipynb.*--only 04 -p STRATEGY=finetune"):
+        cu.ensure_checkpoint("full", "finetune", notebook=fake_train)  # full 档位训练很久：只提示
+    assert _runs(tmp_path) == []
+    path = cu.ensure_checkpoint("smoke", "finetune", notebook=fake_train)
+    assert path == cu.checkpoint_path("smoke", "finetune") and path.exists()
+    assert cu.ensure_checkpoint("smoke", "finetune", notebook=fake_train) == path
+    assert _runs(tmp_path) == ["finetune"]  # 已经有了就不再训练
+
+
+def _write_fake_metrics(profile, strategies, weights):
+    for s in strategies:
+        history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.5 / e, "val_acc": 0.2 * e} for e in (1, 2, 3)]
+        cu.write_metrics(cu.metrics_path(profile, s), {"strategy": s, "weights": weights, "weights_note": "说明",
+                                                       "history": history, "test_acc": 0.5})
+
+
+def test_strategy_curves_have_one_line_per_strategy(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
+    _write_fake_metrics("demo", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
+    fig = cu.plot_strategy_curves("demo")
+    acc_ax, loss_ax = fig.axes
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == list(cu.STRATEGY_LABELS.values())
+    assert [list(line.get_ydata()) for line in acc_ax.lines][0] == pytest.approx([0.2, 0.4, 0.6])
+    assert len(loss_ax.lines) == 6  # 每种策略一条验证损失、一条训练损失
+    plt.close(fig)
+    with pytest.raises(FileNotFoundError, match="还没有这些策略的训练结果：missing"):
+        cu.strategy_comparison("demo", ["freeze", "missing"])
+
+
+def test_comparison_caveats_say_when_data_or_weights_are_not_the_real_thing(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
+    _write_fake_metrics("demo", ["freeze", "finetune", "scratch"], None)
+    notes = "\n".join(cu.comparison_caveats("demo"))
+    assert "不是 fruit30" in notes
+    assert "freeze, finetune 这次没有用 ImageNet 预训练权重" in notes
+    _write_fake_metrics("quick", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
+    assert not any("fruit30" in n or "没有用" in n for n in cu.comparison_caveats("quick"))
