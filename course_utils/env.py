@@ -149,9 +149,9 @@ def _check_device() -> dict:
     try:
         device = get_device()
     except (ImportError, RuntimeError) as exc:
-        return _item(False, f"无法确定计算设备：{exc}。先确认 PyTorch 装好了。")
+        return _item(False, f"无法确定计算设备：{exc}。先确认 PyTorch 装好了（见上面 torch 一行）。")
     if device.type in ("cuda", "mps"):
-        return _item(True, device_hint(device))
+        return _item(True, device_hint(device), required=False)
     return _item(False, device_hint(device), required=False)
 
 

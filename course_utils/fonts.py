@@ -91,7 +91,8 @@ def setup_chinese_font() -> str:
     """注册中文字体并设为 matplotlib 的首选无衬线字体，返回使用的字体族名。
 
     - 有 SimHei 就用 SimHei（与原教程一致），否则用课程自带的文泉驿微米黑子集；
-      课程字体总会排在第二位，首选字体缺字时由它补上。
+      把它放在 ``font.sans-serif`` 的第一位，``font.family`` 设为 sans-serif。课程字体总会注册，
+      并排在第二位：首选字体读不出来时，matplotlib 接着用它。
     - 只用 ``fontManager.addfont()`` 在内存里注册：不写 matplotlib 的安装目录，不删缓存。
     - ``pdf.fonttype`` / ``ps.fonttype`` 设为 42：导出 PDF 时嵌入 TrueType 字体，文字可以复制和搜索。
     - 负号：首选字体有“−”（U+2212）时保留它（课程字体有，排版更规范）；没有时（SimHei 没有）
@@ -140,12 +141,13 @@ def render_with_font(text: str, family: str = "DejaVu Sans", fontsize: int = 20)
     from matplotlib.figure import Figure
     from PIL import Image
 
-    fig = Figure(figsize=(0.4 * fontsize * max(len(text), 4) / 20 + 0.6, 0.9))
-    fig.text(0.03, 0.5, text, fontsize=fontsize, family=family, va="center")
+    fig = Figure(figsize=(6, 1))
+    fig.text(0.02, 0.5, text, fontsize=fontsize, family=family, va="center")
     buffer = io.BytesIO()
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")  # 同样的警告也要每次都记下
-        fig.savefig(buffer, format="png", dpi=100)
+        warnings.simplefilter("always")  # 之前出现过的警告也要记下
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", pad_inches=0.1)
     image = Image.open(buffer)
     image.load()
-    return image, [str(item.message) for item in caught]
+    # 裁边时会画两遍，同一条警告出现两次：去重后每个缺字对应一条
+    return image, list(dict.fromkeys(str(item.message) for item in caught))

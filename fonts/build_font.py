@@ -63,8 +63,9 @@ BASE_RANGES = (
 CJK_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0x3000, 0x303F), (0xFF00, 0xFFEF))
 
 SCAN_SUFFIXES = {".py", ".ipynb", ".md", ".txt", ".json", ".yml", ".yaml", ".toml", ".cfg", ".csv"}
-SKIP_DIRS = {".git", ".venv", "venv", "outputs", "data", ".cache", "__pycache__", ".ipynb_checkpoints",
-             ".pytest_cache", "node_modules", "build", "dist"}
+# tests/ 不扫描：测试故意用到字体里没有的字（检查缺字能被发现），测试文字也不会画进图里
+SKIP_DIRS = {".git", ".venv", "venv", "outputs", "data", "tests", ".cache", "__pycache__",
+             ".ipynb_checkpoints", ".pytest_cache", "node_modules", "build", "dist"}
 
 
 def is_cjk(char: str) -> bool:
