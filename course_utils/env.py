@@ -217,13 +217,16 @@ def _dataset_status(settings) -> str | None:
 
 
 def _check_dataset(settings) -> dict:
-    """fruit30 是否已经下载解压；demo / smoke 的数据由课程按需生成。"""
+    """fruit30 是否已经下载解压；demo / smoke 由课程按需生成；自带数据集（目录路径）要存在。"""
     status = _dataset_status(settings)
-    if settings.dataset != "fruit30":
-        return _item(True, status or f"{settings.dataset} 数据集由课程按需生成，不用下载。")
-    root = paths.data_dir() / "fruit30_split"
+    name = str(settings.dataset)
+    if name in ("demo", "smoke"):
+        return _item(True, status or f"{name} 数据集由课程按需生成，不用下载。")
+    root = paths.data_dir() / "fruit30_split" if name == "fruit30" else Path(name).expanduser()
     if (root / "train").is_dir() and (root / "val").is_dir():
-        return _item(True, status or f"fruit30 已就绪：{root}")
+        return _item(True, status or f"{name} 已就绪：{root}")
+    if name != "fruit30":
+        return _item(False, status or f"数据集目录 {root} 里应有 train/ 和 val/ 两个子目录。")
     advice = f"还没有 fruit30 数据集（应在 {root}）。02 笔记本会下载它（约 216 MB）；离线时改用 demo 档位。"
     return _item(False, status or advice, required=False)
 

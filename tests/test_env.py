@@ -108,6 +108,8 @@ def test_fruit30_presence_is_advice_and_generated_data_is_fine(places):
     assert cu.check_environment(print_report=False, profile="quick")["dataset"]["ok"]
     demo = cu.check_environment(print_report=False, profile="demo")["dataset"]
     assert demo["ok"] and demo["required"]
+    own = env._check_dataset(cu.resolve_settings("smoke", dataset=str(places / "mine")))
+    assert (own["ok"], own["required"]) == (False, True)  # 自带数据集的目录不存在：必须处理
 
 
 def test_unwritable_outputs_fail(places, monkeypatch):
