@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import pickle
@@ -18,7 +19,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from . import paths
+from .paths import output_dir
 from .models import build_model, head_module, make_optimizer
 from .progress import is_headless, progress_bar
 
@@ -46,12 +47,12 @@ def checkpoint_path(profile: str, strategy: str, kind: str = "best") -> Path:
     """检查点位置：``outputs/<档位>/checkpoints/<strategy>_<kind>.pt``；kind 为 "best" 或 "last"。"""
     if kind not in ("best", "last"):
         raise ValueError(f"kind 只能是 \"best\"（验证集最优）或 \"last\"（最后一轮，续训用），收到 {kind!r}。")
-    return paths.output_dir(profile, "checkpoints") / f"{strategy}_{kind}.pt"
+    return output_dir(profile, "checkpoints") / f"{strategy}_{kind}.pt"
 
 
 def metrics_path(profile: str, strategy: str) -> Path:
     """指标 JSON 的位置：``outputs/<档位>/metrics/<strategy>.json``。"""
-    return paths.output_dir(profile, "metrics") / f"{strategy}.json"
+    return output_dir(profile, "metrics") / f"{strategy}.json"
 
 
 # ---------------------------------------------------------------- 检查点
@@ -194,9 +195,7 @@ def evaluate_accuracy(model, loader, device, *, max_batches: int | None = None, 
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     with torch.inference_mode():
-        for step, (images, labels) in enumerate(loader):
-            if max_batches is not None and step >= max_batches:
-                break
+        for images, labels in itertools.islice(loader, max_batches):  # max_batches 为 None 时不限
             images, labels = _to_device(images, labels, device, channels_last)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(images)
@@ -317,9 +316,7 @@ class _Run:
         total_loss, correct, seen = 0.0, 0, 0
         batch_bar = progress_bar(loader, total=total, desc=f"第 {epoch}/{epochs} 轮", unit="批", leave=False,
                                  disable=is_headless())  # 无人值守时只留“轮”的进度条
-        for step, (images, labels) in enumerate(batch_bar):
-            if step >= total:
-                break
+        for images, labels in itertools.islice(batch_bar, total):
             images, labels = _to_device(images, labels, self.device, self.channels_last)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 logits = net(images)
@@ -509,9 +506,7 @@ def extract_features(model, loader, device, *, max_batches: int | None = None, c
         with torch.no_grad():  # 不用 inference_mode：这些特征之后还要参与分类头的反向传播
             total = min(len(loader), max_batches) if max_batches else len(loader)
             bar = progress_bar(loader, total=total, desc=desc, unit="批", leave=False, disable=is_headless())
-            for step, (images, labels) in enumerate(bar):
-                if step >= total:
-                    break
+            for images, labels in itertools.islice(bar, total):
                 model(_to_device(images, labels, device, channels_last)[0])
                 all_labels.append(labels.cpu())
     finally:
