@@ -1,0 +1,346 @@
+"""下载与解压：断点续传、超时与重试、镜像依次尝试、校验后才改名、安全解压。
+
+- ``download_file(url, dest)``：HTTP(S) 用 requests 流式下载，写到 ``dest.part``，
+  断线后用 HTTP Range 从断点接着下；下载完整并校验通过才改名为 ``dest``。
+  ``file://`` 地址和普通的本地路径也可以（直接复制）。
+- ``download_first(urls, dest)``：按顺序尝试多个地址（主地址 + 镜像），第一个成功的为准。
+- ``extract_zip(archive, target)``：拒绝会写到目标目录之外的成员（``../``、绝对路径、盘符）和符号链接，
+  跳过 ``__MACOSX``、``.DS_Store``、``.ipynb_checkpoints`` 等垃圾文件，正确识别 GBK 编码的中文文件名；
+  先解压到临时目录再改名，目录里有完成标记就不重复解压。
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import stat
+import time
+import zipfile
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
+
+from .progress import progress_bar
+
+__all__ = [
+    "DownloadError", "UnsafeArchiveError", "download_file", "download_first", "extract_zip",
+    "file_sha256", "zip_member_names",
+]
+
+CHUNK = 1 << 20  # 每次读写 1 MiB
+EXTRACTED_MARKER = ".extracted.json"  # 解压完成后写在目标目录里
+JUNK_NAMES = {"__MACOSX", ".DS_Store", ".ipynb_checkpoints", "Thumbs.db", "desktop.ini"}
+
+
+class DownloadError(RuntimeError):
+    """下载失败或下载的文件没通过校验。failures：依次尝试的每个地址各自失败的原因（一条一句）。"""
+
+    def __init__(self, message: str, failures: list[str] | None = None):
+        super().__init__(message)
+        self.failures = failures or []
+
+
+class UnsafeArchiveError(ValueError):
+    """压缩包里有会写到目标目录之外的成员或符号链接，拒绝解压。"""
+
+
+class _Incomplete(Exception):
+    """连接提前断开，文件还没下完（内部使用：触发续传）。"""
+
+
+# ---------------------------------------------------------------- 校验
+
+
+def file_sha256(path, chunk: int = CHUNK) -> str:
+    """计算文件的 SHA-256（十六进制字符串）。"""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(path: Path, url: str, sha256: str | None, size: int | None) -> None:
+    """大小和校验和不对就删掉文件并报错（不留下半成品）。"""
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        path.unlink()
+        raise DownloadError(
+            f"从 {url} 下载的文件大小不对：应为 {size} 字节，实际 {actual_size} 字节。"
+            "已删除这个文件；重新运行即可重新下载，或者换一个镜像地址。"
+        )
+    if sha256:
+        actual = file_sha256(path)
+        if actual.lower() != sha256.lower():
+            path.unlink()
+            raise DownloadError(
+                f"从 {url} 下载的文件校验失败：SHA-256 应为 {sha256}，实际是 {actual}。"
+                "文件可能损坏或被替换，已经删除。重新运行即可重新下载，或者换一个镜像地址。"
+            )
+
+
+# ---------------------------------------------------------------- 下载
+
+
+def _local_source(url: str) -> Path | None:
+    """``file://`` 地址或普通路径 -> 本地 Path；HTTP(S) 地址返回 None。"""
+    parsed = urlparse(str(url))
+    if parsed.scheme == "file":
+        return Path(url2pathname(unquote(parsed.path)))
+    if parsed.scheme in ("http", "https"):
+        return None
+    if len(parsed.scheme) > 1:  # ftp:// 之类（Windows 盘符 C: 的 scheme 只有一个字母）
+        raise DownloadError(f"不支持的下载地址 {url}：请使用 http(s)://、file:// 地址或本地文件路径。")
+    return Path(url)
+
+
+def _copy_local(source: Path, part: Path, desc: str) -> None:
+    if not source.is_file():
+        raise DownloadError(f"本地文件 {source} 不存在。检查路径是否写对。")
+    with open(source, "rb") as src, open(part, "wb") as dst, progress_bar(
+        total=source.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+    ) as bar:
+        while block := src.read(CHUNK):
+            dst.write(block)
+            bar.update(len(block))
+
+
+def _total_from_headers(response, offset: int) -> int | None:
+    """从响应头推算完整文件的字节数（206 看 Content-Range，200 看 Content-Length）。"""
+    content_range = response.headers.get("Content-Range", "")
+    match = re.search(r"/(\d+)\s*$", content_range)
+    if match:
+        return int(match.group(1))
+    length = response.headers.get("Content-Length")
+    return int(length) + offset if length is not None else None
+
+
+def _fetch_http(url: str, part: Path, timeout, desc: str) -> None:
+    """下载一次：有 .part 就用 Range 请求从断点续传；没下完抛 _Incomplete。"""
+    import requests
+
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
+        if response.status_code == 416:  # 断点超出文件末尾：.part 已经完整或已损坏，重新开始
+            part.unlink()
+            raise _Incomplete("服务器不接受续传位置，重新下载")
+        response.raise_for_status()
+        if response.status_code != 206:  # 服务器不支持续传：从头下载
+            offset = 0
+        total = _total_from_headers(response, offset)
+        with open(part, "ab" if offset else "wb") as f, progress_bar(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+        ) as bar:
+            for block in response.iter_content(chunk_size=CHUNK):
+                f.write(block)
+                bar.update(len(block))
+    if total is not None and part.stat().st_size < total:
+        raise _Incomplete(f"只收到 {part.stat().st_size} / {total} 字节")
+
+
+def _is_unreachable(exc: Exception) -> bool:
+    """域名解析失败或连接被拒绝：重试没有意义，直接换下一个地址。"""
+    text = repr(exc)
+    return "NameResolutionError" in text or "ConnectionRefusedError" in text or "Connection refused" in text
+
+
+def _retryable_status(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    return response is not None and (response.status_code >= 500 or response.status_code in (408, 429))
+
+
+def download_file(
+    url: str,
+    dest,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    retries: int = 4,
+    backoff: float = 1.0,
+    timeout: tuple[float, float] = (10.0, 60.0),
+    desc: str | None = None,
+) -> Path:
+    """把 url 下载到 dest（已存在且通过校验就直接返回），返回 dest。
+
+    参数：
+        url：``http(s)://`` 地址、``file://`` 地址或本地文件路径。
+        dest：保存位置；下载中的内容先写到 ``dest.part``，完整并校验通过后才改名。
+        sha256 / size：已知的校验和与字节数（不知道就给 None）。
+        retries：超时、断线、服务器 5xx 时最多重试几次（每次从断点续传）。
+        backoff：第 k 次重试前等待 backoff × 2^(k−1) 秒。
+        timeout：(连接超时, 读取超时)，单位秒。
+    出错时抛出 DownloadError（中文说明原因和办法）。
+    """
+    import requests
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file():
+        try:
+            _verify(dest, str(dest), sha256, size)
+            return dest
+        except DownloadError:
+            pass  # 已有的文件不对（已被删掉），重新下载
+    part = dest.with_name(dest.name + ".part")
+    desc = desc or f"下载 {dest.name}"
+    source = _local_source(url)
+    if source is not None:
+        _copy_local(source, part, desc)
+    else:
+        for attempt in range(retries + 1):
+            try:
+                _fetch_http(url, part, timeout, desc)
+                break
+            except (_Incomplete, requests.ConnectionError, requests.Timeout, requests.HTTPError) as exc:
+                give_up = attempt == retries or _is_unreachable(exc) or (
+                    isinstance(exc, requests.HTTPError) and not _retryable_status(exc))
+                if give_up:
+                    raise DownloadError(f"从 {url} 下载失败：{_short_reason(exc)}") from None
+                time.sleep(backoff * 2**attempt)  # 等一会儿再试，下次从断点续传
+    _verify(part, url, sha256, size)
+    part.replace(dest)
+    return dest
+
+
+def _short_reason(exc: Exception) -> str:
+    """把 requests 冗长的异常压缩成一句中文原因。"""
+    text = repr(exc)
+    if "NameResolutionError" in text:
+        return "无法解析域名（可能没有联网，或者需要代理）"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "连接被拒绝（服务器不可用）"
+    if "Timeout" in type(exc).__name__ or "timed out" in text:
+        return "连接超时"
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"服务器返回 HTTP {response.status_code}"
+    if isinstance(exc, _Incomplete):
+        return f"连接多次中断（{exc}）；再运行一次会从断点接着下载"
+    return f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
+def download_first(urls, dest, **kwargs) -> tuple[Path, str]:
+    """依次尝试多个地址（主地址 + 镜像），返回 (文件路径, 成功的地址)。
+
+    全部失败时抛出 DownloadError，消息里逐条列出每个地址失败的原因。其余参数同 download_file。
+    """
+    errors = []
+    for url in urls:
+        try:
+            return download_file(url, dest, **kwargs), url
+        except DownloadError as exc:
+            errors.append(str(exc))
+    if not errors:
+        raise DownloadError("没有可用的下载地址。", [])
+    raise DownloadError("所有地址都下载失败：\n" + "\n".join(f"  - {e}" for e in errors), errors)
+
+
+# ---------------------------------------------------------------- 解压
+
+
+def _decoded_name(info: zipfile.ZipInfo) -> str:
+    """成员的真实文件名。
+
+    没有 UTF-8 标志位的成员，zipfile 一律按 CP437 解码；Windows 上用中文系统打的 zip 实际是 GBK，
+    于是中文名变成乱码。这里把它还原成原始字节，先试 UTF-8，再试 GBK。
+    """
+    if info.flag_bits & 0x800:
+        return info.filename
+    raw = info.orig_filename.encode("cp437")
+    for encoding in ("utf-8", "gbk"):
+        try:
+            return raw.decode(encoding).replace("\\", "/")
+        except UnicodeDecodeError:
+            continue
+    return info.filename
+
+
+def zip_member_names(archive) -> list[str]:
+    """压缩包里全部成员的真实文件名（已处理 GBK 编码）。"""
+    with zipfile.ZipFile(archive) as zf:
+        return [_decoded_name(info) for info in zf.infolist()]
+
+
+def _unsafe_reason(name: str, info: zipfile.ZipInfo) -> str | None:
+    """成员不安全的原因；安全返回 None。"""
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "符号链接"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "绝对路径"
+    if ".." in PurePosixPath(name).parts:
+        return "包含 ../，会写到目标目录之外"
+    return None
+
+
+def _is_junk(name: str) -> bool:
+    """系统和编辑器留下的垃圾：__MACOSX、.DS_Store、.ipynb_checkpoints、以 . 开头的隐藏文件。"""
+    return any(part in JUNK_NAMES or part.startswith(".") for part in PurePosixPath(name).parts)
+
+
+def _content_root(folder: Path) -> Path:
+    """压缩包里只有一个顶层目录（如 fruit30_split/）时，以它为内容根目录。"""
+    entries = [p for p in folder.iterdir() if not _is_junk(p.name)]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return folder
+
+
+def extract_zip(archive, target) -> Path:
+    """把 zip 安全地解压到 target（内容直接放在 target 下），返回 target。
+
+    - 任何成员是符号链接、绝对路径或含 ``../``：整个压缩包被拒绝（UnsafeArchiveError），什么都不写；
+    - 跳过 ``__MACOSX``、``.DS_Store``、``.ipynb_checkpoints`` 和隐藏文件；
+    - 压缩包只有一个顶层目录时去掉这一层（``fruit30_split/train/…`` -> ``target/train/…``）；
+    - 先解压到 ``target.partial``，完成后写入标记文件再改名为 target；
+      target 里已有标记文件就直接返回（不重复解压）。
+    """
+    archive, target = Path(archive), Path(target)
+    if (target / EXTRACTED_MARKER).is_file():
+        return target
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} 已存在，但不是一次完整的解压结果。把它删掉或移走，再重新运行。")
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        raise DownloadError(f"{archive} 不是有效的 zip 文件（可能下载不完整）。删掉它再重新运行。") from None
+    with zf:
+        members = [(info, _decoded_name(info)) for info in zf.infolist()]
+        unsafe = [f"{name}（{why}）" for info, name in members if (why := _unsafe_reason(name, info))]
+        if unsafe:
+            raise UnsafeArchiveError(
+                f"拒绝解压 {archive.name}：其中有 {len(unsafe)} 个不安全的成员，例如 "
+                + "；".join(unsafe[:3]) + "。这样的压缩包可能被人动过手脚，请从可信的地址重新下载。"
+            )
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        wanted = [(info, name) for info, name in members if not _is_junk(name)]
+        for info, name in progress_bar(wanted, desc=f"解压 {archive.name}", disable=len(wanted) < 500):
+            _extract_member(zf, info, name, partial, archive)
+    content = _content_root(partial) if partial.exists() else partial
+    content.mkdir(parents=True, exist_ok=True)
+    record = {"archive": archive.name, "bytes": archive.stat().st_size, "members": len(wanted)}
+    (content / EXTRACTED_MARKER).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    if target.exists():
+        target.rmdir()  # 空目录
+    content.replace(target)
+    shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, root: Path, archive: Path) -> None:
+    dest = (root / name).resolve()
+    if not dest.is_relative_to(root.resolve()):  # 双保险：解析后的路径必须在 root 之内
+        raise UnsafeArchiveError(f"拒绝解压 {archive.name}：成员 {name} 会写到目标目录之外。")
+    if info.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with zf.open(info) as src, open(dest, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    except zipfile.BadZipFile as exc:  # CRC 校验失败：压缩包损坏
+        shutil.rmtree(root, ignore_errors=True)
+        raise DownloadError(f"{archive} 已损坏（{name}：{exc}）。删掉它再重新下载。") from None

@@ -1,0 +1,233 @@
+"""数据健康检查：训练之前先给数据集“体检”，别让坏数据悄悄毁掉实验。
+
+检查项：读不出来或被截断的文件、非 RGB 模式（灰度 L、带透明 RGBA、调色板 P、印刷用 CMYK）、
+太小的图片、没有图片的类别、train/ 与 val/ 类别不一致、跨划分的完全重复（文件哈希相同）
+与近似重复（感知哈希相近，如重新压缩或缩放过的同一张图）——它们会造成*数据泄漏*（data leakage），
+让测试成绩虚高——以及类别不均衡。任何一个坏文件都不会让检查本身崩溃。
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data import IMAGE_EXTENSIONS, SPLITS, _list_classes, is_junk_name
+from .progress import progress_bar
+
+__all__ = ["check_dataset", "DatasetReport"]
+
+LEVELS = ("错误", "警告", "提示")  # 错误：会让训练出错或结果不可信；警告：最好处理；提示：了解即可
+PROBLEM_COLUMNS = ["级别", "问题", "划分", "类别", "文件", "说明"]
+HASH_SIZE = 16  # 差值哈希（dHash）的边长：16×16 = 256 位
+
+
+@dataclass
+class DatasetReport:
+    """健康检查的结果：problems（问题表）、images（每张图的信息）、counts（每类张数）、summary（中文总结）。"""
+
+    root: Path
+    images: object  # pandas.DataFrame
+    problems: object  # pandas.DataFrame，列见 PROBLEM_COLUMNS
+    counts: object  # pandas.DataFrame：行是类别，列是 train / val
+    summary: str
+
+    @property
+    def ok(self) -> bool:
+        """没有“错误”级别的问题。"""
+        return not (self.problems["级别"] == "错误").any()
+
+    def _repr_html_(self) -> str:
+        html = f"<p><b>数据健康检查</b>：{self.summary}</p>"
+        if len(self.problems):
+            shown = self.problems.head(30)
+            html += shown.to_html(index=False)
+            if len(self.problems) > len(shown):
+                html += f"<p>……共 {len(self.problems)} 条，完整列表见 <code>report.problems</code>。</p>"
+        return html
+
+    def __repr__(self) -> str:
+        text = f"数据健康检查：{self.summary}"
+        if len(self.problems):
+            text += "\n" + self.problems.head(30).to_string(index=False)
+        return text
+
+
+def _dhash(image: Image.Image) -> np.ndarray:
+    """差值哈希：缩成 (HASH_SIZE+1)×HASH_SIZE 的灰度图，比较左右相邻像素的明暗，得到 256 位指纹。"""
+    small = np.asarray(image.convert("L").resize((HASH_SIZE + 1, HASH_SIZE), Image.Resampling.BILINEAR), dtype=np.int16)
+    return np.packbits((small[:, 1:] > small[:, :-1]).ravel())
+
+
+def _inspect(path: Path) -> dict:
+    """读一张图片的全部信息；出任何读图错误都记下来，而不是抛出。"""
+    data = path.read_bytes()
+    row = {"字节": len(data), "sha256": hashlib.sha256(data).hexdigest(), "宽": None, "高": None,
+           "模式": None, "格式": None, "dhash": None, "错误": None, "读取警告": None}
+    with warnings.catch_warnings(record=True) as caught:  # 记录而不是屏蔽：写进报告
+        warnings.simplefilter("always")
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                row.update(宽=image.width, 高=image.height, 模式=image.mode, 格式=image.format)
+                image.load()  # 完整解码一次，才能发现被截断的文件
+                row["dhash"] = _dhash(image)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+            kind = "图片被截断" if "truncated" in str(exc) else "无法读取"
+            row["错误"] = (kind, f"{type(exc).__name__}: {str(exc)[:120]}")
+    if caught:
+        row["读取警告"] = "；".join(sorted({str(w.message)[:100] for w in caught}))
+    return row
+
+
+def _scan(root: Path, show_progress: bool | None):
+    """列出全部文件并逐个检查，返回每张图片的表格和“不是图片”的文件列表。"""
+    import pandas as pd
+
+    files, others = [], []
+    for split in SPLITS:
+        for name in (_list_classes(root / split) if (root / split).is_dir() else []):
+            for path in sorted((root / split / name).rglob("*")):
+                relative = path.relative_to(root / split / name)
+                if path.is_dir() or any(is_junk_name(part) for part in relative.parts):
+                    continue
+                target = files if path.suffix.lower() in IMAGE_EXTENSIONS else others
+                target.append((split, name, path))
+    rows = []
+    show = len(files) > 200 if show_progress is None else show_progress
+    for split, name, path in progress_bar(files, desc="检查图片", disable=not show):
+        rows.append({"划分": split, "类别": name, "文件": path.relative_to(root).as_posix(), **_inspect(path)})
+    columns = ["划分", "类别", "文件", "字节", "sha256", "宽", "高", "模式", "格式", "dhash", "错误", "读取警告"]
+    return pd.DataFrame(rows, columns=columns), others
+
+
+def _file_problems(images, min_size: int) -> list[dict]:
+    """逐张图片的问题：读不出、被截断、非 RGB、太小、读取时有警告。"""
+    found = []
+    for row in images.itertuples(index=False):
+        where = {"划分": row.划分, "类别": row.类别, "文件": row.文件}
+        if row.错误 is not None:
+            kind, detail = row.错误
+            found.append({"级别": "错误", "问题": kind, **where, "说明": f"{detail}。删除或替换这个文件。"})
+            continue
+        if row.模式 != "RGB":
+            found.append({"级别": "警告", "问题": "非 RGB 模式", **where,
+                          "说明": f"颜色模式是 {row.模式}；课程加载时会自动转成 RGB，但最好确认图片本身没问题。"})
+        if min(row.宽, row.高) < min_size:
+            found.append({"级别": "警告", "问题": "图片太小", **where,
+                          "说明": f"只有 {row.宽}×{row.高} 像素（小于 {min_size}），放大后几乎没有信息。"})
+        if row.读取警告:
+            found.append({"级别": "提示", "问题": "读取时有警告", **where, "说明": row.读取警告})
+    return found
+
+
+def _class_problems(counts, imbalance_ratio: float) -> list[dict]:
+    """类别层面的问题：空类别、只在一个划分里出现的类别、类别不均衡。"""
+    found = []
+    for name, row in counts.iterrows():
+        for split in SPLITS:
+            if not row["_has_" + split]:
+                other = [s for s in SPLITS if s != split][0]
+                found.append({"级别": "错误", "问题": "类别不一致", "划分": split, "类别": name, "文件": "",
+                              "说明": f"{other}/ 里有这个类别，{split}/ 里没有。两边的类别子目录必须相同。"})
+            elif row[split] == 0:
+                found.append({"级别": "错误", "问题": "空类别", "划分": split, "类别": name, "文件": "",
+                              "说明": f"{split}/{name}/ 里没有可用的图片。补上图片，或两边都删掉这个类别。"})
+    for split in SPLITS:
+        nonzero = counts[split][counts[split] > 0]
+        if len(nonzero) >= 2 and nonzero.max() > imbalance_ratio * nonzero.min():
+            found.append({"级别": "提示", "问题": "类别不均衡", "划分": split, "类别": "", "文件": "",
+                          "说明": f"最多的“{nonzero.idxmax()}”有 {nonzero.max()} 张，最少的“{nonzero.idxmin()}”只有 "
+                                  f"{nonzero.min()} 张（相差 {nonzero.max() / nonzero.min():.1f} 倍）。"
+                                  "看整体准确率时要留意少数类别，最好同时看每类的召回率。"})
+    return found
+
+
+def _duplicate_problems(images) -> list[dict]:
+    """文件内容完全相同的图片：跨划分是数据泄漏（警告），同一划分内是重复（提示）。"""
+    found = []
+    readable = images[images["错误"].isna()]
+    for _, group in readable.groupby("sha256"):
+        if len(group) < 2:
+            continue
+        files = "、".join(group["文件"])
+        cross = group["划分"].nunique() > 1
+        first = group.iloc[0]
+        found.append({
+            "级别": "警告" if cross else "提示",
+            "问题": "跨划分重复（泄漏）" if cross else "划分内重复",
+            "划分": "、".join(sorted(group["划分"].unique())), "类别": "、".join(sorted(group["类别"].unique())),
+            "文件": first["文件"],
+            "说明": (f"这些文件内容完全相同：{files}。" + (
+                "同一张图既在训练集又在测试集，测试成绩会虚高；从其中一边删掉。" if cross else "重复的图片相当于加大了它的权重。")),
+        })
+    return found
+
+
+def _near_duplicate_problems(images, max_distance: int) -> list[dict]:
+    """train/ 与 val/ 之间指纹相近（汉明距离 ≤ max_distance 位）但文件不同的图片对：疑似泄漏。"""
+    readable = images[images["dhash"].notna()]
+    train, val = readable[readable["划分"] == "train"], readable[readable["划分"] == "val"]
+    if train.empty or val.empty:
+        return []
+    a, b = np.stack(train["dhash"].to_list()), np.stack(val["dhash"].to_list())
+    found = []
+    for start in range(0, len(a), 256):  # 分块计算，内存占用可控
+        distance = np.bitwise_count(a[start:start + 256, None, :] ^ b[None, :, :]).sum(-1)
+        for i, j in zip(*np.nonzero(distance <= max_distance)):
+            t, v = train.iloc[start + i], val.iloc[j]
+            if t["sha256"] == v["sha256"]:
+                continue  # 完全相同的已经报告过
+            found.append({"级别": "警告", "问题": "跨划分近似重复（泄漏）", "划分": "train、val", "类别": t["类别"],
+                          "文件": t["文件"], "说明": f"与 {v['文件']} 几乎一样（指纹相差 {distance[i, j]} / "
+                                                     f"{HASH_SIZE * HASH_SIZE} 位），可能是同一张图缩放或重新压缩后的副本。"})
+    return found
+
+
+def _summary(images, problems, counts) -> str:
+    per_split = "，".join(f"{s} {int((images['划分'] == s).sum())} 张" for s in SPLITS)
+    text = f"检查了 {len(images)} 张图片（{per_split}），{len(counts)} 个类别。"
+    if problems.empty:
+        return text + "没有发现问题。"
+    tally = problems["级别"].value_counts()
+    parts = [f"{tally.get(level, 0)} 个{level}" for level in LEVELS]
+    text += "发现 " + "、".join(parts) + "。"
+    if tally.get("错误", 0):
+        text += "先处理“错误”：它们会让训练出错或让结果不可信。"
+    return text
+
+
+def check_dataset(root, *, min_size: int = 32, imbalance_ratio: float = 3.0, near_duplicate_bits: int = 12,
+                  show_progress: bool | None = None) -> DatasetReport:
+    """检查 ``root/train`` 与 ``root/val`` 两个划分里的全部图片，返回 DatasetReport。
+
+    参数：
+        min_size：短边小于这个像素数算“图片太小”。
+        imbalance_ratio：同一划分里最多与最少的类别张数之比超过它，算“类别不均衡”。
+        near_duplicate_bits：train 与 val 的两张图指纹（256 位）相差不超过这么多位，算“近似重复”。
+        show_progress：是否显示进度条；None 表示图片多于 200 张时显示。
+    """
+    import pandas as pd
+
+    root = Path(root)
+    classes = {split: set(_list_classes(root / split)) if (root / split).is_dir() else set() for split in SPLITS}
+    images, others = _scan(root, show_progress)
+    readable = images[images["错误"].isna()]  # 只数能用的图片：全是坏文件的类别也算空类别
+    counts = readable.groupby(["类别", "划分"]).size().unstack(fill_value=0).reindex(
+        index=sorted(classes["train"] | classes["val"]), columns=list(SPLITS), fill_value=0)
+    for split in SPLITS:
+        counts["_has_" + split] = [name in classes[split] for name in counts.index]
+    rows = _file_problems(images, min_size) + _class_problems(counts, imbalance_ratio)
+    rows += _duplicate_problems(images) + _near_duplicate_problems(images, near_duplicate_bits)
+    rows += [{"级别": "提示", "问题": "不是图片", "划分": s, "类别": n, "文件": p.relative_to(root).as_posix(),
+              "说明": "扩展名不是常见图片格式，训练时会被忽略。"} for s, n, p in others]
+    problems = pd.DataFrame(rows, columns=PROBLEM_COLUMNS)
+    problems["级别"] = pd.Categorical(problems["级别"], categories=LEVELS, ordered=True)
+    problems = problems.sort_values(["级别", "问题", "划分", "文件"], kind="stable").reset_index(drop=True)
+    counts = counts[list(SPLITS)]
+    counts.columns.name = None
+    return DatasetReport(root, images, problems, counts, _summary(images, problems, counts))
