@@ -127,14 +127,20 @@ def _doctor(tmp_path, output_dir):
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env_vars)
 
 
-def test_doctor_command_exit_codes(tmp_path):
-    good = _doctor(tmp_path, tmp_path / "outputs")
-    assert good.returncode == 0, good.stdout + good.stderr
-    assert "[通过] Python" in good.stdout and "[通过] torch" in good.stdout and "[通过] 中文字体" in good.stdout
+def test_doctor_command_exits_0_when_all_required_items_pass(places, capsys):
+    from course_utils.__main__ import main
+
+    assert main(["doctor", "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "[通过] Python" in out and "[通过] torch" in out and "[通过] 中文字体" in out
+
+
+def test_doctor_process_exits_1_when_a_required_item_fails(tmp_path):
     (tmp_path / "a-file").write_text("x", encoding="utf-8")
     bad = _doctor(tmp_path, tmp_path / "a-file" / "outputs")
-    assert bad.returncode == 1
+    assert bad.returncode == 1, bad.stdout + bad.stderr
     assert re.search(r"^\[失败\] 输出目录：", bad.stdout, re.M) and "[通过] Python" in bad.stdout
+    assert "有 1 项必需的检查没有通过：输出目录" in bad.stdout
 
 
 def test_setup_notebook_seeds_registers_the_font_and_applies_the_theme(monkeypatch):
