@@ -29,6 +29,7 @@ __all__ = ["build_handouts", "SOLUTION_TAG", "HANDOUT_FONT_FAMILY"]
 SOLUTION_TAG = "solution"  # 打了这个标签的单元格只出现在教师版讲义里
 HANDOUT_FONT_FAMILY = "CourseSans"  # 讲义里 @font-face 的字体名
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+LINK_PATTERN = re.compile(r'href="(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?"')
 MATH_PATTERN = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 FONT_PLACEHOLDER = "/*COURSE-HANDOUT-FONT*/"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -164,6 +165,15 @@ def _render_page(exporter, pages: list[Page], index: int) -> str:
     return body
 
 
+def _link_pages(text: str, documents: dict[str, str]) -> str:
+    """笔记本之间的链接（``04_train.ipynb``）改成指向讲义里对应的页面（``04_train.html``）。"""
+    def replace(match):
+        page = f"{match.group(1)}.html"
+        return f'href="{page}{match.group(2) or ""}"' if page in documents else match.group(0)
+
+    return LINK_PATTERN.sub(replace, text)
+
+
 def _render_index(pages: list[Page], profile: str, student: bool) -> str:
     """目录页：按顺序列出每一页的标题和一句话说明。"""
     edition = "学生版（不含参考答案）" if student else "教师版（含参考答案）"
@@ -284,6 +294,7 @@ def build_handouts(profile: str | None = None, student: bool = False, source_dir
     exporter = _exporter(student)
     documents = {page.file_name: _render_page(exporter, pages, i) for i, page in enumerate(pages)}
     documents["index.html"] = _render_index(pages, profile, student)
+    documents = {name: _link_pages(text, documents) for name, text in documents.items()}
     for name, text in _embed_fonts(documents, Path(font_path or _default_font_path())).items():
         (out_dir / name).write_text(text, encoding="utf-8")
     return out_dir / "index.html"

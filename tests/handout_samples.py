@@ -56,7 +56,10 @@ def write_executed_notebook(path, title="05 模型评估", purpose="用测试集
     solution = new_code_cell(f"answer = 42  # {SECRET}\nanswer", execution_count=5)
     solution.metadata["tags"] = ["solution"]
     solution.outputs = [new_output("execute_result", data={"text/plain": "42"}, execution_count=5)]
-    outro = new_markdown_cell("## 小结\n\n- 混淆矩阵告诉我们模型把哪些水果认错了，例如“脐橙”和“砂糖橘”。")
+    outro = new_markdown_cell(
+        "## 小结\n\n- 混淆矩阵告诉我们模型把哪些水果认错了，例如“脐橙”和“砂糖橘”。\n\n"
+        "**上一节**：[00 环境配置与中文字体](00_setup.ipynb) ｜ **下一节**：[06 三种策略对比](06_compare.ipynb)"
+    )
     nb.cells += [train, figure, solution, outro]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path.parent.mkdir(parents=True, exist_ok=True)

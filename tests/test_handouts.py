@@ -75,6 +75,9 @@ def test_index_lists_every_page_in_order_with_its_title(executed, tmp_path):
         assert f"<title>{title}</title>" in page
         assert '<html lang="zh">' in page
         assert 'href="index.html">目录</a>' in page  # 每页都能回到目录
+    evaluate = (index.parent / "05_evaluate.html").read_text(encoding="utf-8")
+    assert 'href="00_setup.html"' in evaluate  # 笔记本之间的链接指向讲义里的页面
+    assert 'href="06_compare.ipynb"' in evaluate  # 讲义里没有这一页：保留原链接
     middle = (index.parent / "04_train_finetune.html").read_text(encoding="utf-8")
     assert 'href="00_setup.html"' in middle and 'href="05_evaluate.html"' in middle  # 上一页、下一页
 
