@@ -160,6 +160,7 @@ def plot_confusion_matrix(labels, preds, class_names, normalize: bool = False):
     """画混淆矩阵热力图（中文类名）；normalize=True 时显示每个真实类别被预测成各类的比例。"""
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
 
     table = confusion_table(labels, preds, class_names, normalize)
     size = max(4.0, 0.42 * len(class_names) + 2.5)  # 类别多时把图放大，格子里的数字才看得清
@@ -169,6 +170,9 @@ def plot_confusion_matrix(labels, preds, class_names, normalize: bool = False):
         square=True, cbar=True, linewidths=0.5, annot_kws={"fontsize": 8}, ax=ax,
         vmin=0, vmax=1 if normalize else None,
     )
+    if not normalize:  # 计数只有整数，颜色条也只标整数
+        ax.collections[0].colorbar.locator = MaxNLocator(integer=True)
+        ax.collections[0].colorbar.update_ticks()
     ax.set_xlabel("预测类别")
     ax.set_ylabel("真实类别")
     ax.set_title("混淆矩阵（按行归一化）" if normalize else "混淆矩阵（样本数）")
@@ -524,6 +528,7 @@ def strategy_comparison(profile: str, strategies=("freeze", "finetune", "scratch
             "每轮用时（秒）": m.get("seconds_per_epoch"),
             "总用时（秒）": m.get("seconds_total"),
             "初始权重": m.get("weights") or "随机初始化",
+            "特征缓存": "是" if m.get("feature_cache") else "否",
             "设备": m.get("device"),
         })
     return pd.DataFrame(rows).set_index("策略")
