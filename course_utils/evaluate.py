@@ -222,7 +222,7 @@ def show_misclassified(predictions: Predictions, class_names, n: int = 12, cols:
         ax.axis("off")
         return fig
     rows = int(np.ceil(len(wrong) / cols))
-    fig, axes = plt.subplots(rows, min(cols, len(wrong)), figsize=(3 * min(cols, len(wrong)), 3.3 * rows),
+    fig, axes = plt.subplots(rows, min(cols, len(wrong)), figsize=(2.6 * min(cols, len(wrong)), 2.9 * rows),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")

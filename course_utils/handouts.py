@@ -1,6 +1,6 @@
 """HTML 讲义：把执行过的笔记本（``outputs/<档位>/notebooks/``）转成可以离线打开、打印的网页。
 
-- 用 nbconvert 的 HTMLExporter（lab 模板）转换，图表以 base64 嵌在页面里；
+- 用 nbconvert 的 HTMLExporter（lab 模板）转换，图表以 base64 嵌在页面里（照片多的大图改存 JPEG）；
 - 中文用课程自带的字体显示，与看讲义的电脑装了什么字体无关：每页嵌入一份只含本页字符的
   WOFF2 子集字体（fontTools 生成），一页通常只多几百 KB，单个文件就能拷走、发邮件、离线打开；
 - 无人值守执行留下的进度条中间帧（``\\r``）被合并掉，只留最后一帧；
@@ -33,6 +33,7 @@ LINK_PATTERN = re.compile(r'href="(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?"')
 MATH_PATTERN = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 FONT_PLACEHOLDER = "/*COURSE-HANDOUT-FONT*/"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+PHOTO_PNG_BYTES = 300_000  # base64 长度超过它的 PNG 才考虑换成 JPEG
 
 # 讲义模板：在 nbconvert 的 lab 模板上去掉用不到的外部脚本，加上课程字体和页面导航
 TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
@@ -127,6 +128,7 @@ def _exporter(student: bool):
     exporter.register_preprocessor(remove, enabled=True)
     exporter.register_preprocessor(CoalesceStreamsPreprocessor(enabled=True), enabled=True)
     exporter.register_preprocessor(_drop_widget_placeholders, enabled=True)
+    exporter.register_preprocessor(_shrink_photos, enabled=True)
     return exporter
 
 
@@ -136,6 +138,29 @@ def _drop_widget_placeholders(nb, resources):
         for cell in nb.cells:
             if cell.cell_type == "code":
                 cell.outputs = [o for o in cell.outputs if WIDGET_MIME not in o.get("data", {})]
+    return nb, resources
+
+
+def _shrink_photos(nb, resources):
+    """照片多的大图（如分错的图片网格）PNG 动辄上 MB：换成 JPEG（质量 85）能小一半以上时就换。
+
+    线条和色块为主的图表 PNG 本来就小，不会被改动。
+    """
+    from PIL import Image
+
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if len(data.get("image/png", "")) < PHOTO_PNG_BYTES:
+                continue
+            with Image.open(io.BytesIO(base64.b64decode(data["image/png"]))) as image:
+                rgb = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+            buffer = io.BytesIO()
+            rgb.convert("RGB").save(buffer, format="JPEG", quality=85, optimize=True)
+            jpeg = base64.b64encode(buffer.getvalue()).decode("ascii")
+            if len(jpeg) < len(data["image/png"]) / 2:
+                del data["image/png"]
+                data["image/jpeg"] = jpeg
     return nb, resources
 
 

@@ -25,8 +25,20 @@ def sample_png(width=160, height=100) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def sample_photo(size=600) -> str:
+    """一张像照片的大图（渐变加噪点）：PNG 很大，JPEG 小得多。"""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, size)[None, :, None] + np.linspace(0, 55, size)[:, None, None]
+    pixels = np.clip(ramp + rng.normal(0, 12, (size, size, 3)), 0, 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def write_executed_notebook(path, title="05 模型评估", purpose="用测试集给模型打分，看它错在哪里。",
-                            injected=None, math=False):
+                            injected=None, math=False, photo=False):
     """写一个“执行过”的笔记本；injected 是 papermill 注入的参数（字典）。"""
     nb = new_notebook()
     intro = f"# {title}\n\n> {purpose}\n\n## 学习目标\n- 读懂混淆矩阵：行是真实类别，列是预测类别"
@@ -53,6 +65,8 @@ def write_executed_notebook(path, title="05 模型评估", purpose="用测试集
     ]
     figure = new_code_cell("fig = cu.plot_confusion_matrix(labels, preds, class_names)", execution_count=4)
     figure.outputs = [new_output("display_data", data={"image/png": sample_png(), "text/plain": "<Figure>"})]
+    if photo:
+        figure.outputs.append(new_output("display_data", data={"image/png": sample_photo(), "text/plain": "<Figure>"}))
     solution = new_code_cell(f"answer = 42  # {SECRET}\nanswer", execution_count=5)
     solution.metadata["tags"] = ["solution"]
     solution.outputs = [new_output("execute_result", data={"text/plain": "42"}, execution_count=5)]

@@ -174,3 +174,14 @@ def test_run_builds_handouts_at_the_end_unless_told_not_to(tmp_path):
     result = _cli("run", "--profile", "smoke", "--no-handouts", "--notebooks-dir", str(books), outputs=without)
     assert result.returncode == 0 and "讲义" not in result.stdout
     assert not list((without / "smoke").glob("handouts/*.html"))
+
+
+def test_large_photo_grids_are_stored_as_jpeg_but_charts_stay_png(tmp_path):
+    source = tmp_path / "notebooks"
+    write_executed_notebook(source / "05_evaluate.ipynb", photo=True)
+    png_bytes = len(nbformat.read(source / "05_evaluate.ipynb", as_version=4).cells[3].outputs[1].data["image/png"])
+    index = build_handouts("smoke", source_dir=source, out_dir=tmp_path / "out")
+    page = (index.parent / "05_evaluate.html").read_text(encoding="utf-8")
+    jpeg = re.findall(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(jpeg) == 1 and len(jpeg[0]) < png_bytes / 2
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 1  # 小图表仍是 PNG
