@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from . import paths
+from .paths import data_dir, output_dir  # 不写 from . import paths：它会在导入途中触发包的 __getattr__
 from .demo import DEMO_FRUITS, draw_fruit_image, generate_demo_dataset
 from .download import (
     DownloadError, UnsafeArchiveError, download_file, download_first, extract_zip, file_sha256,
@@ -165,13 +165,13 @@ def prepare_dataset(settings, *, url: str | None = None, archive=None) -> Path:
     source = dataset_sources(name)
     if isinstance(source, GeneratedDataset):
         return generate_demo_dataset(
-            paths.data_dir() / source.folder_name, classes=source.classes, seed=source.seed,
+            data_dir() / source.folder_name, classes=source.classes, seed=source.seed,
             train_per_class=source.train_per_class, test_per_class=source.test_per_class,
             image_size=source.image_size,
         )
     url = url or settings.extra.get("dataset_url")
     archive = archive or settings.extra.get("archive") or os.environ.get(source.archive_env) or None
-    target = paths.data_dir() / source.folder_name
+    target = data_dir() / source.folder_name
     attempts: list[str] = []
     try:
         if _looks_complete(target):
@@ -179,7 +179,7 @@ def prepare_dataset(settings, *, url: str | None = None, archive=None) -> Path:
         local = _archive_candidates(source, archive, attempts)
         if local:  # 有本地压缩包就不联网
             return _extract_checked(local[0], target, source)
-        downloaded, used = download_first(_download_urls(source, url), paths.data_dir() / source.archive_name,
+        downloaded, used = download_first(_download_urls(source, url), data_dir() / source.archive_name,
                                           sha256=source.sha256, desc=f"下载 {source.archive_name}")
         return _extract_checked(downloaded, target, source, delete_bad=True, where=used)
     except DownloadError as exc:
@@ -199,7 +199,7 @@ def _archive_candidates(source: DatasetSource, archive, attempts: list[str]) -> 
             found.append(path)
         else:
             attempts.append(f"本地压缩包 {path} 不存在。")
-    default = paths.data_dir() / source.archive_name
+    default = data_dir() / source.archive_name
     if default.is_file() and default not in found:
         found.append(default)
     return found
@@ -256,7 +256,7 @@ def _require_same_classes(train: list[str], val: list[str], root) -> None:
 
 
 def _unavailable_message(source: DatasetSource, attempts: list[str]) -> str:
-    data = paths.data_dir()
+    data = data_dir()
     tried = "\n".join(f"  - {text}" for text in attempts)
     return (
         f"无法准备 {source.name} 数据集（{source.description}，约 {source.approx_bytes // 1024**2} MB）。\n"
@@ -279,18 +279,18 @@ def dataset_status(settings) -> str:
         ok = Path(str(name)).expanduser().is_dir()
         return f"自带数据集 {name}：{'目录存在' if ok else '目录不存在，检查路径'}。"
     source = DATASETS[name]
-    folder = paths.data_dir() / source.folder_name
+    folder = data_dir() / source.folder_name
     if isinstance(source, GeneratedDataset):
         if folder.is_dir():
             return f"{name}：已生成，在 {folder}。"
         return f"{name}：尚未生成；第一次用到时自动生成（无需联网），保存在 {folder}。"
     if _looks_complete(folder):
         return f"{name}：已就绪，在 {folder}。"
-    archive = paths.data_dir() / source.archive_name
+    archive = data_dir() / source.archive_name
     if archive.is_file():
         return f"{name}：压缩包 {archive} 已在本地，运行笔记本 02 时解压。"
     return (f"{name}：尚未下载（约 {source.approx_bytes // 1024**2} MB）；运行笔记本 02 时下载到 {folder}，"
-            f"离线时可把 {source.archive_name} 放到 {paths.data_dir()}，或改用 demo 档位。")
+            f"离线时可把 {source.archive_name} 放到 {data_dir()}，或改用 demo 档位。")
 
 
 # ---------------------------------------------------------------- 读图片、列文件
@@ -358,7 +358,8 @@ def image_table(root):
             row.update(宽=None, 高=None, 模式="无法读取")
         rows.append(row)
     table = pd.DataFrame(rows, columns=["划分", "类别", "文件", "宽", "高", "模式"])
-    table["宽高比"] = (table["宽"] / table["高"]).round(3)
+    table[["宽", "高"]] = table[["宽", "高"]].astype("Int64")  # 读不出的图片没有尺寸，其余是整数
+    table["宽高比"] = (table["宽"] / table["高"]).astype("float64").round(3)
     return table
 
 
@@ -601,7 +602,7 @@ def save_class_maps(class_names, profile: str) -> Path:
     """
     import numpy as np
 
-    out = paths.output_dir(profile, "metrics")
+    out = output_dir(profile, "metrics")
     class_to_idx = {name: i for i, name in enumerate(class_names)}
     path = out / "class_to_idx.json"
     path.write_text(json.dumps(class_to_idx, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -612,7 +613,7 @@ def save_class_maps(class_names, profile: str) -> Path:
 
 def load_class_names(profile: str) -> list[str]:
     """读取 ``save_class_maps`` 保存的类名（按序号排列）。"""
-    path = paths.output_dir(profile, "metrics") / "class_to_idx.json"
+    path = output_dir(profile, "metrics") / "class_to_idx.json"
     if not path.is_file():
         raise FileNotFoundError(f"找不到 {path}。先运行笔记本 03（它会保存类别映射）。")
     class_to_idx = json.loads(path.read_text(encoding="utf-8"))
@@ -622,7 +623,7 @@ def load_class_names(profile: str) -> list[str]:
 def __getattr__(name: str):
     """health.py 的名字在第一次用到时才导入（它依赖 pandas）。"""
     if name in ("check_dataset", "DatasetReport"):
-        from . import health
+        import importlib
 
-        return getattr(health, name)
+        return getattr(importlib.import_module(f"{__package__}.health"), name)
     raise AttributeError(name)

@@ -29,7 +29,7 @@ __all__ = [
     "file_sha256", "zip_member_names",
 ]
 
-CHUNK = 1 << 20  # 每次读写 1 MiB
+CHUNK = 1 << 16  # 每次读写 64 KiB：断线时最多丢这么多，续传从已写入的位置开始
 EXTRACTED_MARKER = ".extracted.json"  # 解压完成后写在目标目录里
 JUNK_NAMES = {"__MACOSX", ".DS_Store", ".ipynb_checkpoints", "Thumbs.db", "desktop.ini"}
 
@@ -194,7 +194,8 @@ def download_file(
             try:
                 _fetch_http(url, part, timeout, desc)
                 break
-            except (_Incomplete, requests.ConnectionError, requests.Timeout, requests.HTTPError) as exc:
+            except (_Incomplete, requests.ConnectionError, requests.Timeout, requests.HTTPError,
+                    requests.exceptions.ChunkedEncodingError) as exc:  # 断线、超时、服务器出错
                 give_up = attempt == retries or _is_unreachable(exc) or (
                     isinstance(exc, requests.HTTPError) and not _retryable_status(exc))
                 if give_up:
@@ -247,15 +248,16 @@ def _decoded_name(info: zipfile.ZipInfo) -> str:
     没有 UTF-8 标志位的成员，zipfile 一律按 CP437 解码；Windows 上用中文系统打的 zip 实际是 GBK，
     于是中文名变成乱码。这里把它还原成原始字节，先试 UTF-8，再试 GBK。
     """
-    if info.flag_bits & 0x800:
-        return info.filename
-    raw = info.orig_filename.encode("cp437")
-    for encoding in ("utf-8", "gbk"):
-        try:
-            return raw.decode(encoding).replace("\\", "/")
-        except UnicodeDecodeError:
-            continue
-    return info.filename
+    name = info.filename
+    if not info.flag_bits & 0x800:
+        raw = info.orig_filename.encode("cp437")
+        for encoding in ("utf-8", "gbk"):
+            try:
+                name = raw.decode(encoding)
+                break
+            except UnicodeDecodeError:
+                continue
+    return name.replace("\\", "/")  # Windows 工具有时用反斜杠分隔目录
 
 
 def zip_member_names(archive) -> list[str]:

@@ -102,7 +102,9 @@ def _scan(root: Path, show_progress: bool | None):
     for split, name, path in progress_bar(files, desc="检查图片", disable=not show):
         rows.append({"划分": split, "类别": name, "文件": path.relative_to(root).as_posix(), **_inspect(path)})
     columns = ["划分", "类别", "文件", "字节", "sha256", "宽", "高", "模式", "格式", "dhash", "错误", "读取警告"]
-    return pd.DataFrame(rows, columns=columns), others
+    table = pd.DataFrame(rows, columns=columns)
+    table[["宽", "高"]] = table[["宽", "高"]].astype("Int64")  # 读不出的图片没有尺寸，其余是整数
+    return table, others
 
 
 def _file_problems(images, min_size: int) -> list[dict]:

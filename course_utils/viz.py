@@ -1,18 +1,175 @@
-"""绘图的公共部分：保存图表等。各主题的图（训练曲线、混淆矩阵……）放在各自的模块里。"""
+"""绘图的公共部分：保存图表、图片网格、数据集的统计图、预处理效果图。
+
+训练曲线、混淆矩阵等专题图放在各自的模块里（train.py、evaluate.py）。
+所有函数都返回 matplotlib 的 Figure；中文字体由 ``cu.setup_notebook()`` 统一注册，这里不改全局设置。
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from . import paths
+from .paths import output_dir
 
-__all__ = ["save_figure"]
+__all__ = [
+    "save_figure", "show_images", "show_batch", "plot_class_counts", "plot_image_sizes",
+    "show_augmentations", "plot_pixel_histogram",
+]
 
 
 def save_figure(fig, profile: str, name: str, formats: tuple[str, ...] = ("png",)) -> Path:
     """把图保存到 ``outputs/<档位>/figures/<name>.<格式>``，返回第一个文件的路径。"""
-    out_dir = paths.output_dir(profile, "figures")
+    out_dir = output_dir(profile, "figures")
     saved = [out_dir / f"{name}.{fmt}" for fmt in formats]
     for path in saved:
         fig.savefig(path)
     return saved[0]
+
+
+def _as_array(image):
+    """PIL 图片、文件路径、(高, 宽, 通道) 数组或 (通道, 高, 宽) 张量 -> 可以直接 imshow 的数组。"""
+    import numpy as np
+
+    if isinstance(image, (str, Path)):
+        from .data import load_rgb_image
+
+        return np.asarray(load_rgb_image(image))
+    if hasattr(image, "detach"):  # torch 张量：(通道, 高, 宽) -> (高, 宽, 通道)
+        array = image.detach().cpu().float()
+        array = array.permute(1, 2, 0).numpy() if array.dim() == 3 else array.numpy()
+        return array.clip(0, 1)
+    return np.asarray(image)
+
+
+def show_images(images, titles=None, *, ncols: int | None = None, size: float = 2.2, suptitle: str | None = None,
+                title_colors=None):
+    """把若干张图片排成网格，每张下面写上（中文）标题。
+
+    参数：
+        images：PIL 图片、路径、数组或 (通道, 高, 宽) 的张量（取值 0–1）组成的列表。
+        titles：每张图的标题；title_colors：每个标题的颜色（如把预测错的标成红色）。
+        ncols：每行几张；None 时自动选择。size：每张图的边长（英寸）。
+    """
+    import matplotlib.pyplot as plt
+
+    images = list(images)
+    if not images:
+        raise ValueError("没有可以显示的图片（列表为空）。")
+    ncols = ncols or min(len(images), 8)
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(images):
+            continue
+        ax.imshow(_as_array(images[k]))
+        if titles is not None:
+            color = title_colors[k] if title_colors is not None else "black"
+            ax.set_title(str(titles[k]), fontsize=10, color=color)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_batch(images, labels, class_names, *, n: int = 16, ncols: int = 8, mean=None, std=None):
+    """显示一个批次的前 n 张图：先撤销归一化（cu.denormalize），标题是类名。
+
+    参数：
+        images：形状 (批量大小, 通道数, 高, 宽) 的张量（归一化过的）；labels：类别序号。
+    """
+    from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
+
+    shown = denormalize(images[:n], mean if mean is not None else IMAGENET_MEAN, std if std is not None else IMAGENET_STD)
+    titles = [class_names[int(label)] for label in labels[:n]]
+    return show_images(list(shown), titles, ncols=min(ncols, len(shown)), size=1.6)
+
+
+def plot_class_counts(counts, title: str = "每类图片数"):
+    """每类图片数的横向条形图；counts 是 ``cu.class_counts(root)`` 的表格（行：类别，列：train / val）。"""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    long = counts.rename_axis("类别").reset_index().melt(id_vars="类别", var_name="划分", value_name="图片数")
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(counts) * 1.3 + 1.2))
+    sns.barplot(data=long, y="类别", x="图片数", hue="划分", ax=ax, orient="h")
+    ax.set_title(title)
+    ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_sizes(table):
+    """图片尺寸与宽高比：左图每张图的宽和高（散点），右图宽高比的分布（直方图）。
+
+    table 是 ``cu.image_table(root)`` 的表格（列：划分、宽、高、宽高比）。
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = table.dropna(subset=["宽", "高"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    sns.scatterplot(data=table, x="宽", y="高", hue="划分", alpha=0.6, s=18, ax=left)
+    left.set_title("图片的宽和高（像素）")
+    sns.histplot(data=table, x="宽高比", hue="划分", bins=30, ax=right, element="step")
+    right.axvline(1.0, color="gray", linestyle="--", linewidth=1)
+    right.set_title("宽高比（宽 / 高，1 表示正方形）")
+    right.set_ylabel("图片数")
+    fig.tight_layout()
+    return fig
+
+
+def show_augmentations(image, image_size: int, resize_size: int, *, n_random: int = 3, seed: int = 0):
+    """在同一张图上看每个预处理步骤的效果：原图、随机裁剪缩放（几次）、水平翻转、缩放、中心裁剪。
+
+    参数：
+        image：PIL 图片或路径。n_random：随机裁剪缩放画几次（每次结果不同）。
+        seed：固定随机裁剪的随机数，让图可以复现。
+    """
+    import torch
+
+    from .data import load_rgb_image
+    from .transforms import augmentation_steps
+
+    image = load_rgb_image(image) if isinstance(image, (str, Path)) else image
+    steps = augmentation_steps(image_size, resize_size)
+    torch.manual_seed(seed)
+    shown, titles = [image], [f"原图 {image.width}×{image.height}"]
+    for name, step in steps.items():
+        repeats = n_random if name.startswith("随机") else 1
+        for k in range(repeats):
+            out = step(image)
+            shown.append(out)
+            titles.append(f"{name.split(' ')[0]}{f' #{k + 1}' if repeats > 1 else ''}\n{out.width}×{out.height}")
+    return show_images(shown, titles, ncols=min(len(shown), 4), size=2.4)
+
+
+def plot_pixel_histogram(before, after, *, max_pixels: int = 20000, seed: int = 0):
+    """归一化前后像素值的分布（每个颜色通道一条曲线）。
+
+    参数：
+        before：归一化之前的张量（取值 0–1），形状 (通道数, 高, 宽) 或 (批量大小, 通道数, 高, 宽)。
+        after：归一化之后的同一批数据。
+        max_pixels：每个通道最多随机取这么多个像素来画，保证速度。
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+    import seaborn as sns
+
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, tensor, title in ((axes[0], before, "归一化之前（0–1）"), (axes[1], after, "归一化之后（约以 0 为中心）")):
+        x = tensor.detach().float()
+        x = x.transpose(0, 1) if x.dim() == 4 else x
+        flat = x.reshape(x.shape[0], -1).numpy()
+        keep = rng.choice(flat.shape[1], size=min(max_pixels, flat.shape[1]), replace=False)
+        frame = pd.DataFrame({"像素值": flat[:, keep].ravel(),
+                              "通道": np.repeat(["R（红）", "G（绿）", "B（蓝）"][: flat.shape[0]], len(keep))})
+        sns.histplot(data=frame, x="像素值", hue="通道", bins=40, element="step", fill=False, ax=ax,
+                     palette={"R（红）": "tab:red", "G（绿）": "tab:green", "B（蓝）": "tab:blue"})
+        ax.set_title(title)
+        ax.set_ylabel("像素个数")
+    fig.tight_layout()
+    return fig
