@@ -164,8 +164,8 @@ def _load_torchvision_weights(arch: str, weights):
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             model = models.get_model(arch, weights=enum)
-    except NETWORK_ERRORS as exc:
-        raise WeightsUnavailable(_unavailable_message(arch, enum, cached, exc)) from exc
+    except NETWORK_ERRORS as exc:  # 原因已写进中文说明；不再附上 urllib 的长篇回溯
+        raise WeightsUnavailable(_unavailable_message(arch, enum, cached, exc)) from None
     except BAD_FILE_ERRORS as exc:
         if not was_cached:
             raise
@@ -354,7 +354,7 @@ def trainable_summary(model):
                          "状态": _state_text(counts)})
     counts = count_params(model)
     rows.append({"模块": "合计", "参数量": counts["total"], "可训练参数量": counts["trainable"],
-                 "状态": f"可训练 {counts['trainable'] / counts['total']:.1%}"})
+                 "状态": f"可训练 {counts['trainable'] / counts['total']:.2%}"})
     return pd.DataFrame(rows).set_index("模块")
 
 
@@ -399,7 +399,8 @@ def plot_trainable_blocks(models: dict, title: str | None = None):
 
 def _row_label(label: str, model) -> str:
     counts = count_params(model)
-    return f"{label}\n可训练 {_short_count(counts['trainable'])} / {_short_count(counts['total'])}"
+    name = f"{label}（{STRATEGY_NAMES[label]}）" if label in STRATEGY_NAMES else label
+    return f"{name}\n可训练 {_short_count(counts['trainable'])} / {_short_count(counts['total'])}"
 
 
 def _short_count(n: int) -> str:

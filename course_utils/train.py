@@ -26,7 +26,7 @@ from .progress import is_headless, progress_bar
 __all__ = [
     "fit", "evaluate_accuracy", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "CheckpointNotFound", "checkpoint_path", "metrics_path", "write_metrics", "read_metrics",
-    "training_meta", "summarize_run", "best_epoch", "plot_history", "time_training_steps", "extract_features",
+    "with_training_defaults", "training_meta", "summarize_run", "best_epoch", "plot_history", "time_training_steps", "extract_features",
 ]
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
@@ -539,18 +539,48 @@ def _find_transform(dataset):
 
 
 def _with_transform(dataset, transform):
-    """返回换了 transform 的浅拷贝（原数据集不变）。"""
+    """返回换了 transform 的副本（原数据集不变）：transform 在哪一层，就换哪一层。"""
     import copy
 
+    if hasattr(dataset, "with_transform"):  # 课程的 ImageFolder 自带这个方法
+        return dataset.with_transform(transform)
     dataset = copy.copy(dataset)
-    if getattr(dataset, "transform", None) is not None:
+    if "transform" in vars(dataset):
         dataset.transform = transform
-    else:
+    elif hasattr(dataset, "dataset"):  # Subset 之类的包装：换里面那一层
         dataset.dataset = _with_transform(dataset.dataset, transform)
+    else:
+        raise ValueError(f"不知道怎样替换 {type(dataset).__name__} 的预处理；特征缓存需要能换成评估预处理的数据集。")
     return dataset
 
 
 # ---------------------------------------------------------------- 元数据与指标
+
+
+def with_training_defaults(settings):
+    """补全 04 训练用的附加设置（放在 ``settings.extra``），返回新的 Settings。
+
+    - strategy：检查拼写，默认 "freeze"；arch：默认 "resnet18"；
+    - feature_cache：没有指定时，freeze 在 quick / demo / smoke 档位缓存特征（CPU 上快很多），
+      full 档位不缓存（保留随机数据增广，与原教程的做法可比）；其他策略不缓存；
+    - 只改了 image_size 而 resize_size 还是档位默认时，按档位的比例（如 256/224）同步缩放 resize_size，
+      否则评估时的中心裁剪会切掉太多。
+    """
+    from .config import PROFILES
+    from .models import _check_strategy
+
+    extra = dict(settings.extra)
+    extra["strategy"] = strategy = _check_strategy(extra.get("strategy", "freeze"))
+    extra.setdefault("arch", "resnet18")
+    if extra.get("feature_cache") is None:
+        extra["feature_cache"] = strategy == "freeze" and settings.profile != "full"
+    elif extra["feature_cache"] and strategy != "freeze":
+        raise ValueError(f"特征缓存只适用于 freeze 策略，当前策略是 {strategy}。把 FEATURE_CACHE 设为 None 或 False。")
+    base = PROFILES[settings.profile]
+    resize_size = settings.resize_size
+    if settings.image_size != base.image_size and resize_size == base.resize_size:
+        resize_size = round(settings.image_size * base.resize_size / base.image_size)
+    return settings.replace(resize_size=resize_size, extra=extra)
 
 
 def training_meta(settings, class_names, *, mean=None, std=None) -> dict:
@@ -624,7 +654,11 @@ def plot_history(history: list[dict], title: str | None = None):
         ax.plot(epochs, [r[f"val_{key}"] for r in history], marker="s", label="验证集")
         ax.set_xlabel("轮（epoch）")
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        if len(epochs) <= 20:
+            ax.set_xticks(epochs)  # 轮数只取整数
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     best = best_epoch(history)
     axes[1].axvline(best["epoch"], linestyle="--", color="gray", label=f"验证集最佳：第 {best['epoch']} 轮")
     axes[1].set_ylim(0, 1.02)

@@ -358,3 +358,51 @@ def test_step_timing_shows_freeze_skips_the_backbone_backward():
     gradients = table["要计算梯度的参数"].tolist()
     assert gradients[0] == 512 * NUM_CLASSES + NUM_CLASSES and gradients[1] == gradients[2] > 10_000_000
 
+
+
+# ---------------------------------------------------------------- 与课程数据、档位的衔接
+
+
+def test_training_defaults_fill_strategy_feature_cache_and_resize():
+    demo = cu.with_training_defaults(cu.resolve_settings("demo", strategy="Freeze", image_size=64))
+    assert demo.extra == {"strategy": "freeze", "arch": "resnet18", "feature_cache": True}
+    assert demo.resize_size == round(64 * 128 / 112)  # 与档位默认的 128/112 同比例
+    full = cu.with_training_defaults(cu.resolve_settings("full", strategy="freeze"))
+    assert full.extra["feature_cache"] is False and full.resize_size == 256  # full 保留数据增广
+    finetune = cu.with_training_defaults(cu.resolve_settings("quick", strategy="finetune"))
+    assert finetune.extra["feature_cache"] is False
+    with pytest.raises(ValueError, match="只适用于 freeze"):
+        cu.with_training_defaults(cu.resolve_settings("demo", strategy="scratch", feature_cache=True))
+    with pytest.raises(ValueError, match="未知的迁移策略"):
+        cu.with_training_defaults(cu.resolve_settings("demo", strategy="frozen"))
+
+
+def test_feature_cache_with_course_datasets_reads_train_images_with_the_eval_transform():
+    from course_utils.train import _find_transform, _without_augmentation
+
+    settings = cu.resolve_settings("smoke")
+    splits = cu.make_datasets(settings, cu.prepare_dataset(settings))
+    loaders = cu.make_loaders(splits, settings, "cpu")
+    plain = _without_augmentation(loaders.train, loaders.val)
+    assert _find_transform(plain.dataset) is _find_transform(splits.val_ds)
+    assert _find_transform(splits.train_ds) is not _find_transform(splits.val_ds)  # 原数据集没被改动
+    assert plain.dataset.samples == splits.train_ds.samples  # 同样的训练图片，同样的顺序
+    first, second = next(iter(plain))[0], next(iter(plain))[0]
+    assert torch.equal(first, second)  # 没有随机增广：两次读到的张量完全相同
+
+
+def test_demo_dataset_a_short_training_is_far_above_chance_on_the_test_split(tmp_path):
+    # 离线、随机初始化、48 像素、3 轮：只要数据可学、训练与选模型的流程是对的，测试准确率就远高于瞎猜
+    settings = cu.with_training_defaults(cu.resolve_settings(
+        "demo", strategy="scratch", image_size=48, epochs=3, weights=None, num_workers=0))
+    splits = cu.make_datasets(settings, cu.prepare_dataset(settings))
+    loaders = cu.make_loaders(splits, settings, "cpu")
+    cu.seed_everything(0)
+    model = cu.build_model("resnet18", len(splits.class_names), "scratch", weights=None)
+    cu.fit(model, loaders.train, loaders.val, epochs=settings.epochs, device="cpu", lr=settings.lr,
+           checkpoint_dir=tmp_path, meta=cu.training_meta(settings, splits.class_names))
+    best, meta = cu.load_checkpoint(tmp_path / "scratch_best.pt")
+    test = cu.evaluate_accuracy(best, loaders.test, "cpu")
+    chance = 1 / len(splits.class_names)
+    assert len(splits.class_names) >= 8 and meta["class_names"] == splits.class_names
+    assert test["acc"] > 3 * chance, f"测试准确率 {test['acc']:.1%}，瞎猜是 {chance:.1%}"

@@ -1,0 +1,68 @@
+"""papermill 带参数执行 04_train.ipynb（smoke 档位）：每种策略都写出指标 JSON 和能加载的检查点。
+
+工作目录是临时目录（笔记本不依赖从哪里启动），输出写到 COURSE_OUTPUT_DIR 指向的临时目录。
+"""
+
+import nbformat
+import papermill as pm
+import pytest
+
+import course_utils as cu
+from course_utils.paths import NOTEBOOKS_DIR
+
+NOTEBOOK = NOTEBOOKS_DIR / "04_train.ipynb"
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path / "outputs"))  # 内核继承这个环境变量
+    monkeypatch.setenv("COURSE_HEADLESS", "1")
+    return tmp_path
+
+
+def _run(outputs, **parameters):
+    executed = outputs / f"04_{parameters['STRATEGY']}.ipynb"
+    pm.execute_notebook(str(NOTEBOOK), str(executed), parameters={"PROFILE": "smoke", **parameters},
+                        cwd=str(outputs), kernel_name="python3", progress_bar=False)
+    return nbformat.read(executed, as_version=4)
+
+
+def _printed(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", "") + str(output.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("strategy", ["freeze", "finetune", "scratch"])
+def test_each_strategy_writes_metrics_and_a_loadable_checkpoint(outputs, strategy):
+    nb = _run(outputs, STRATEGY=strategy)
+
+    metrics = cu.read_metrics(cu.metrics_path("smoke", strategy))
+    assert metrics["strategy"] == strategy and metrics["profile"] == "smoke"
+    assert metrics["epochs"] == len(metrics["history"]) == 1
+    for key in ("best_val_acc", "test_acc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["seconds_total"] > 0 and metrics["seconds_per_epoch"] > 0
+    assert metrics["feature_cache"] is (strategy == "freeze")  # smoke 档位：只有 freeze 缓存特征
+    assert metrics["settings"]["strategy"] == strategy
+    model, meta = cu.load_checkpoint(cu.checkpoint_path("smoke", strategy), device="cpu")
+    assert meta["strategy"] == strategy and meta["profile"] == "smoke"
+    assert len(meta["class_names"]) == meta["num_classes"] == model.course_info["num_classes"]
+    assert cu.count_params(model)["trainable"] == metrics["trainable_params"]
+    assert (cu.count_params(model)["trainable"] < 100_000) is (strategy == "freeze")
+    assert (outputs / "outputs" / "smoke" / "figures" / f"history_{strategy}.png").is_file()
+    # smoke 档位不加载预训练权重：学习者看到的任何地方都不能声称用了 ImageNet 权重
+    assert metrics["weights"] is None and metrics["weights_note"].startswith("未使用预训练权重")
+    assert "已加载" not in _printed(nb)
+
+
+def test_resume_continues_a_finished_run_with_more_epochs(outputs):
+    _run(outputs, STRATEGY="freeze")
+    first = cu.read_metrics(cu.metrics_path("smoke", "freeze"))["history"]
+    nb = _run(outputs, STRATEGY="freeze", EPOCHS=2, RESUME=True)
+    history = cu.read_metrics(cu.metrics_path("smoke", "freeze"))["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == first[0]  # 第 1 轮原样保留，只新训练了第 2 轮
+    assert "接着训练" in _printed(nb)
