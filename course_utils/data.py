@@ -34,7 +34,7 @@ __all__ = [
     "prepare_dataset", "dataset_status", "dataset_sources", "image_folder", "load_rgb_image",
     "make_datasets", "DataSplits", "make_loaders", "Loaders", "safe_num_workers",
     "save_class_maps", "load_class_names", "directory_tree", "class_counts", "image_table",
-    "sample_images", "list_image_files",
+    "sample_images", "list_image_files", "dataset_info", "time_loader",
     # 从 demo.py、download.py、health.py 转出的名字
     "DEMO_FRUITS", "draw_fruit_image", "generate_demo_dataset",
     "DownloadError", "UnsafeArchiveError", "download_file", "download_first", "extract_zip",
@@ -272,6 +272,37 @@ def _unavailable_message(source: DatasetSource, attempts: list[str]) -> str:
     )
 
 
+def dataset_info(name: str):
+    """注册表里一个数据集的说明卡片（表格）：来源、大小、类别、图片数、怎样校验、存放位置。"""
+    import pandas as pd
+
+    if name not in DATASETS and Path(str(name)).expanduser().is_dir():
+        return pd.DataFrame({"内容": {"说明": "你自己的数据集目录", "存放位置": str(Path(str(name)).expanduser())}})
+    source = dataset_sources(name)
+    shown = "、".join(source.classes[:8]) + (f" 等 {len(source.classes)} 类" if len(source.classes) > 8 else "")
+    if isinstance(source, GeneratedDataset):
+        rows = {
+            "说明": source.description,
+            "来源": "课程现场生成（course_utils/demo.py），不需要联网",
+            "类别": shown,
+            "图片数": f"train/ 每类 {source.train_per_class} 张，val/ 每类 {source.test_per_class} 张",
+            "图片边长": f"{source.image_size} 像素",
+            "校验": f"同一个种子（{source.seed}）逐字节相同；目录里的标记文件记录生成参数",
+            "存放位置": str(data_dir() / source.folder_name),
+        }
+    else:
+        rows = {
+            "说明": source.description,
+            "来源": "\n".join(source.urls) + f"（另可用环境变量 {source.url_env} 指定镜像）",
+            "大小": f"约 {source.approx_bytes // 1024**2} MB（{source.archive_name}）",
+            "类别": shown,
+            "图片数": f"train/ {source.train_images} 张，val/ 约 {source.test_images} 张",
+            "校验": f"SHA-256 {source.sha256}" if source.sha256 else "没有公开的校验和：检查下载是否完整、zip 的 CRC、目录结构与类名",
+            "存放位置": str(data_dir() / source.folder_name),
+        }
+    return pd.DataFrame({"内容": rows}).rename_axis(source.name)
+
+
 def dataset_status(settings) -> str:
     """一句话说明当前档位的数据集是否就绪（供环境检查 ``doctor`` 使用），不下载、不生成任何东西。"""
     name = settings.dataset
@@ -393,18 +424,19 @@ class DirectoryTree:
 
 
 def directory_tree(root, max_depth: int = 2, max_entries: int = 6) -> DirectoryTree:
-    """像 ``tree -L 2`` 一样显示目录结构；每层最多列 max_entries 项，其余折叠成一行。"""
+    """像 ``tree -L 2`` 一样显示目录结构；每层最多列 max_entries 项，其余折叠成一行；不列隐藏文件。"""
     root = Path(root)
     lines = [f"{root.name}/"]
 
     def walk(folder: Path, prefix: str, depth: int) -> None:
-        entries = sorted(folder.iterdir(), key=lambda p: (not p.is_dir(), p.name))
+        entries = sorted((p for p in folder.iterdir() if not is_junk_name(p.name)),  # 和 tree 一样不列隐藏文件
+                         key=lambda p: (not p.is_dir(), p.name))
         shown = entries[:max_entries]
         for i, entry in enumerate(shown):
             last = i == len(shown) - 1 and len(entries) <= max_entries
             branch = "└── " if last else "├── "
             if entry.is_dir():
-                inner = list(entry.iterdir())
+                inner = [p for p in entry.iterdir() if not is_junk_name(p.name)]
                 note = f"  （{len(inner)} 项）" if depth == max_depth else ""
                 lines.append(f"{prefix}{branch}{entry.name}/{note}")
                 if depth < max_depth:
@@ -428,7 +460,7 @@ def image_folder(root, transform=None):
     return CourseImageFolder(root, transform=transform)
 
 
-@dataclass
+@dataclass(repr=False)
 class DataSplits:
     """训练集、验证集、测试集，以及类名和类别序号。"""
 
@@ -466,6 +498,9 @@ class DataSplits:
 
     def _repr_html_(self) -> str:
         return self.summary().to_html()
+
+    def __repr__(self) -> str:
+        return f"DataSplits（{len(self.class_names)} 类）\n{self.summary().to_string()}"
 
 
 def _per_class_subset(targets: list[int], limit: int | None, seed: int) -> list[int]:
@@ -589,6 +624,26 @@ def make_loaders(splits: DataSplits, settings, device) -> Loaders:
         pin_memory=pin,
         info={"batch_size": settings.batch_size, "num_workers": workers, "pin_memory": pin},
     )
+
+
+def time_loader(loader, max_batches: int = 5):
+    """逐个取出前 max_batches 个批次，记录每个批次用了多少秒、每秒多少张图。
+
+    第一个批次通常最慢：子进程要启动，文件也还没进操作系统的缓存。
+    """
+    import time
+
+    import pandas as pd
+
+    rows, start = [], time.perf_counter()
+    for k, (images, _) in enumerate(loader):
+        now = time.perf_counter()
+        rows.append({"批次": k + 1, "图片数": len(images), "秒": round(now - start, 4),
+                     "每秒图片数": round(len(images) / max(now - start, 1e-9), 1)})
+        if k + 1 >= max_batches:
+            break
+        start = time.perf_counter()
+    return pd.DataFrame(rows).set_index("批次")
 
 
 # ---------------------------------------------------------------- 类别映射

@@ -24,6 +24,7 @@ from .progress import progress_bar
 __all__ = ["DEMO_FRUITS", "generate_demo_dataset", "draw_fruit_image"]
 
 MARKER = ".demo-dataset.json"  # 生成完成后写入，记录生成参数；参数相同就不再重画
+DRAWING_VERSION = 2  # 画法有任何改动就加 1：已经生成的旧数据会自动重画
 SUPERSAMPLE = 2  # 先在 2 倍大小的画布上画，再缩小，边缘更平滑
 
 
@@ -423,8 +424,10 @@ def _lighting(layer, rng, cx, cy, R):
     yy, xx = np.ogrid[box[1]:box[3], box[0]:box[2]]
     angle = rng.uniform(-2.6, -1.8)  # 光大致从左上方来
     lx, ly = math.cos(angle), math.sin(angle)
-    dx, dy = (xx - cx) / R, (yy - cy) / R
-    light = 1.0 + 0.22 * np.clip(dx * lx + dy * ly, -1.5, 1.5) - 0.28 * np.clip(dx**2 + dy**2, 0, 2) ** 1.5
+    rx = max(cx - box[0], box[2] - cx, 1.0)  # 按果实的实际宽高归一化：长条的柠檬、香蕉两头不会过暗
+    ry = max(cy - box[1], box[3] - cy, 1.0)
+    dx, dy = (xx - cx) / rx, (yy - cy) / ry
+    light = 1.0 + 0.22 * np.clip(dx * lx + dy * ly, -1.5, 1.5) - 0.28 * np.clip(dx**2 + dy**2, 0, 1.2) ** 1.5
     arr[:, :, :3] = np.minimum(arr[:, :, :3] * np.clip(light, 0.45, 1.3)[:, :, None], 255)
     out = layer.copy()
     out.paste(Image.fromarray(arr.astype(np.uint8), "RGBA"), box[:2])
@@ -511,7 +514,7 @@ def _draw_and_save(job) -> None:
 
 
 def _spec(classes, train_per_class, test_per_class, image_size, seed) -> dict:
-    return {"version": 1, "classes": list(classes), "train_per_class": int(train_per_class),
+    return {"version": DRAWING_VERSION, "classes": list(classes), "train_per_class": int(train_per_class),
             "test_per_class": int(test_per_class), "image_size": int(image_size), "seed": int(seed)}
 
 
@@ -540,7 +543,8 @@ def generate_demo_dataset(
     unknown = [c for c in classes if c not in DEMO_FRUITS]
     if unknown:
         raise KeyError(f"演示数据集不会画这些类别：{'、'.join(unknown)}。可选：{'、'.join(DEMO_FRUITS)}。")
-    partial = root.with_name(root.name + ".partial")
+    _remove_stale_partials(root)
+    partial = root.with_name(f"{root.name}.partial-{os.getpid()}")  # 每个进程各用一个临时目录
     shutil.rmtree(partial, ignore_errors=True)
     jobs = [(partial / split / name / f"{i + 1:04d}.jpg", name, split == "val", i, image_size, seed)
             for split, count in (("train", train_per_class), ("val", test_per_class))
@@ -553,7 +557,19 @@ def generate_demo_dataset(
                               desc=f"生成演示数据 {root.name}", disable=len(jobs) < 200):
             pass
     (partial / MARKER).write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == spec:
+        shutil.rmtree(partial)  # 另一个笔记本同时生成完了同样的数据：用它的
+        return root
     if root.exists():
-        shutil.rmtree(root)  # 旧版本（参数不同）的演示数据集，带着我们的标记文件
+        shutil.rmtree(root)  # 旧版本（参数或画法不同）的演示数据集，带着我们的标记文件
     partial.rename(root)
     return root
+
+
+def _remove_stale_partials(root: Path, max_age_s: float = 600) -> None:
+    """删掉以前被打断的生成留下的临时目录（10 分钟内的可能属于正在生成的另一个进程，先不动）。"""
+    import time
+
+    for leftover in root.parent.glob(f"{root.name}.partial*"):
+        if leftover.is_dir() and time.time() - leftover.stat().st_mtime > max_age_s:
+            shutil.rmtree(leftover, ignore_errors=True)

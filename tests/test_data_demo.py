@@ -3,6 +3,7 @@
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -45,13 +46,15 @@ def test_generation_is_cached_and_an_interrupted_run_is_redone(tmp_path):
     stamp = first.stat().st_mtime_ns
     assert cu.generate_demo_dataset(tmp_path / "demo", seed=1, **SMALL) == root
     assert first.stat().st_mtime_ns == stamp  # 参数相同：不重画
-    (tmp_path / "demo.partial" / "train").mkdir(parents=True)  # 上次生成到一半被打断的残留
-    (root / ".demo-dataset.json").unlink()  # 标记没写完：视为不完整
+    stale = tmp_path / "demo.partial-999999"  # 很久以前生成到一半被打断的残留
+    (stale / "train").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    (root / ".demo-dataset.json").unlink()  # 没有标记：视为不完整，也可能根本不是我们生成的
     with pytest.raises(FileExistsError, match="不是课程生成的"):
         cu.generate_demo_dataset(tmp_path / "demo", seed=1, **SMALL)  # 没有标记的目录不会被删除
-    (root / ".demo-dataset.json").write_text(json.dumps({"version": 0}), encoding="utf-8")  # 旧版本
+    (root / ".demo-dataset.json").write_text(json.dumps({"version": 0}), encoding="utf-8")  # 旧版本的画法
     cu.generate_demo_dataset(tmp_path / "demo", seed=1, **SMALL)
-    assert not (tmp_path / "demo.partial").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # 临时目录都清理掉了
     assert len(list(root.rglob("*.jpg"))) == 20
 
 
