@@ -49,6 +49,10 @@ NETWORK_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
 BAD_FILE_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError)
 
 
+# 必须有权重却拿不到时，追加在说明最后的一条出路
+OFFLINE_HINT = "完全离线、只想先把课程跑通的话，改用 demo 档位（PROFILE = \"demo\"）：拿不到权重会退回随机初始化，并明确提示。"
+
+
 class WeightsUnavailable(RuntimeError):
     """需要预训练权重却拿不到（离线、缓存里没有、本地文件不存在或不对）。"""
 
@@ -119,8 +123,8 @@ def _pretrained_model(arch: str, weights, weights_required: bool):
             return _load_torchvision_weights(arch, weights)
         return _load_local_weights(arch, Path(str(weights)).expanduser())
     except WeightsUnavailable as exc:
-        if weights_required:
-            raise
+        if weights_required:  # full / quick 档位：停下来，说明怎样拿到权重，或者改用 demo 档位
+            raise WeightsUnavailable(f"{exc}\n{OFFLINE_HINT}") from None
         _announce_fallback(str(exc))
         note = f"未使用预训练权重：没能拿到 {getattr(weights, 'name', weights)}，已退回随机初始化。"
         return _random_model(arch), {"weights": None, "weights_note": note}
@@ -203,8 +207,7 @@ def _unavailable_message(arch: str, enum, cached: Path, exc: Exception) -> str:
         f"  1. 联网后重新运行，权重会自动下载到上面的缓存位置；\n"
         f"  2. 在能上网的机器上下载 {enum.url}，把文件原名放到 {cached.parent}/"
         f"（缓存目录由环境变量 TORCH_HOME 决定，{home_text}）；\n"
-        f"  3. 把权重文件的本地路径交给课程：在 04 笔记本的 parameters 单元格里写 WEIGHTS = \"路径/{cached.name}\"；\n"
-        f"  4. 完全离线时改用 demo 档位（PROFILE = \"demo\"）：拿不到权重会退回随机初始化，并明确提示。"
+        f"  3. 把权重文件的本地路径交给课程：在 04 笔记本的 parameters 单元格里写 WEIGHTS = \"路径/{cached.name}\"。"
     )
 
 
@@ -214,8 +217,8 @@ def _load_local_weights(arch: str, path: Path):
 
     if not path.is_file():
         raise WeightsUnavailable(
-            f"找不到本地权重文件 {path}。检查路径是否写对；也可以改用权重名（如 \"IMAGENET1K_V1\"）"
-            f"让 torchvision 从缓存或网络获取，或者完全离线时改用 demo 档位。"
+            f"找不到本地权重文件 {path}。检查路径是否写对；也可以改用权重名（如 \"IMAGENET1K_V1\"），"
+            "让 torchvision 从缓存或网络获取。"
         )
     model = _random_model(arch)
     try:

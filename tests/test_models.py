@@ -204,6 +204,7 @@ def test_empty_cache_without_requirement_falls_back_loudly_and_never_says_imagen
     assert "ImageNet" not in info["weights_note"] and "已加载" not in info["weights_note"]
     shown = capsys.readouterr().out
     assert "【注意】没有加载预训练权重" in shown and "TORCH_HOME" in shown
+    assert "改用 demo 档位" not in shown  # 已经在退回随机初始化了，不再劝人改用 demo
 
 
 def test_missing_local_file_follows_weights_required(tmp_path, offline):
