@@ -179,6 +179,8 @@ def prepare_dataset(settings, *, url: str | None = None, archive=None) -> Path:
         local = _archive_candidates(source, archive, attempts)
         if local:  # 有本地压缩包就不联网
             return _extract_checked(local[0], target, source)
+        if attempts:  # 明确给出的压缩包不存在：先让你改正路径，而不是悄悄去下载 216 MB
+            raise DatasetError(attempts.pop())
         downloaded, used = download_first(_download_urls(source, url), data_dir() / source.archive_name,
                                           sha256=source.sha256, desc=f"下载 {source.archive_name}")
         return _extract_checked(downloaded, target, source, delete_bad=True, where=used)
@@ -259,7 +261,7 @@ def _unavailable_message(source: DatasetSource, attempts: list[str]) -> str:
     data = data_dir()
     tried = "\n".join(f"  - {text}" for text in attempts)
     return (
-        f"无法准备 {source.name} 数据集（{source.description}，约 {source.approx_bytes // 1024**2} MB）。\n"
+        f"无法准备 {source.name} 数据集（约 {source.approx_bytes // 1024**2} MB）。\n"
         f"试过的办法：\n{tried}\n"
         "你可以：\n"
         f"  1. 换一个镜像地址：设置环境变量 {source.url_env}=<地址>（多个地址用空格分隔），"

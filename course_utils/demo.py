@@ -141,8 +141,10 @@ def _star(draw, cx, cy, r_out, r_in, points, color, rotation=0.0):
 def _apple(layer, rng, cx, cy, R, hue, sat, val, streaks):
     draw = ImageDraw.Draw(layer)
     dent = rng.uniform(0.12, 0.22)
-    shape = _curve(cx, cy, R, R * rng.uniform(0.86, 0.96),
-                   lambda t: (1 - dent * math.exp(-((t + math.pi / 2) / 0.35) ** 2)) * (1 - 0.1 * max(0.0, math.sin(t))))
+    def radius(t):  # 顶部凹进去一块（果柄处），底部略收窄
+        return (1 - dent * math.exp(-((t + math.pi / 2) / 0.35) ** 2)) * (1 - 0.1 * max(0.0, math.sin(t)))
+
+    shape = _curve(cx, cy, R, R * rng.uniform(0.86, 0.96), radius)
     color = _hsv(rng, hue, sat, val)
     draw.polygon(shape, fill=color)
     mask = layer.getchannel("A").copy()
@@ -150,7 +152,8 @@ def _apple(layer, rng, cx, cy, R, hue, sat, val, streaks):
     tdraw = ImageDraw.Draw(texture)
     for _ in range(int(rng.integers(5, 12))):  # 竖向的条纹
         x = cx + rng.uniform(-0.8, 0.8) * R
-        tdraw.line([(x, cy - R), (x + rng.uniform(-0.2, 0.2) * R, cy + R)], fill=streaks(), width=int(R * rng.uniform(0.04, 0.1)))
+        tdraw.line([(x, cy - R), (x + rng.uniform(-0.2, 0.2) * R, cy + R)], fill=streaks(),
+                   width=int(R * rng.uniform(0.04, 0.1)))
     _dots(rng, tdraw, cx, cy, R * 0.85, R * 0.8, 40, R * 0.018, lambda: _shade(color, 1.35, 150))
     _paint_inside(layer, mask, _blur(texture, R * 0.03))
     _gloss(layer, rng, cx, cy, R, R, rng.uniform(0.35, 0.6))
@@ -247,7 +250,8 @@ def _banana_one(draw, rng, cx, cy, R, color):
     draw.polygon(outer + inner[::-1], fill=color)
     draw.line(ridge, fill=_shade(color, 0.85), width=max(1, int(R * 0.03)))
     for end in (outer[0], outer[-1]):  # 两头深褐色的蒂
-        draw.ellipse([end[0] - R * 0.07, end[1] - R * 0.07, end[0] + R * 0.07, end[1] + R * 0.07], fill=_hsv(rng, 30, 0.6, 0.3))
+        r = R * 0.07
+        draw.ellipse([end[0] - r, end[1] - r, end[0] + r, end[1] + r], fill=_hsv(rng, 30, 0.6, 0.3))
 
 
 def _banana(layer, rng, cx, cy, R):
@@ -361,10 +365,12 @@ def _pineapple(layer, rng, cx, cy, R):
     for k in range(7):  # 顶上的叶冠
         a = -math.pi / 2 + (k - 3) * 0.28
         draw.polygon([(cx - R * 0.1, cy - R * 0.75), (cx + R * 0.1, cy - R * 0.75),
-                      (cx + R * 1.0 * math.cos(a), cy - R * 0.75 + R * 0.9 * math.sin(a))], fill=_hsv(rng, 120, 0.6, 0.45))
+                      (cx + R * 1.0 * math.cos(a), cy - R * 0.75 + R * 0.9 * math.sin(a))],
+                     fill=_hsv(rng, 120, 0.6, 0.45))
     color = _hsv(rng, 38, 0.85, 0.78)
     draw.ellipse([cx - R * 0.75, cy - R * 0.85, cx + R * 0.75, cy + R * 1.05], fill=color)
-    mask = _mask_of(layer.size[0], lambda d: d.ellipse([cx - R * 0.75, cy - R * 0.85, cx + R * 0.75, cy + R * 1.05], fill=255))
+    body = [cx - R * 0.75, cy - R * 0.85, cx + R * 0.75, cy + R * 1.05]
+    mask = _mask_of(layer.size[0], lambda d: d.ellipse(body, fill=255))
     grid = Image.new("RGBA", layer.size, (0, 0, 0, 0))
     gdraw = ImageDraw.Draw(grid)
     for k in np.arange(-2, 2, 0.28):  # 交叉的斜线：菠萝的菱形格

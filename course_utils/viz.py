@@ -81,7 +81,9 @@ def show_batch(images, labels, class_names, *, n: int = 16, ncols: int = 8, mean
     """
     from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
-    shown = denormalize(images[:n], mean if mean is not None else IMAGENET_MEAN, std if std is not None else IMAGENET_STD)
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
+    shown = denormalize(images[:n], mean, std)
     titles = [class_names[int(label)] for label in labels[:n]]
     return show_images(list(shown), titles, ncols=min(ncols, len(shown)), size=1.6)
 

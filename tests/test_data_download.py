@@ -208,8 +208,9 @@ def test_full_profile_offline_stops_with_one_clear_chinese_message(data_dir, off
 
 def test_missing_explicit_archive_is_named_in_the_message(data_dir, offline, tmp_path):
     settings = cu.resolve_settings("full", archive=str(tmp_path / "没有这个.zip"))
-    with pytest.raises(DatasetUnavailable, match="没有这个.zip 不存在"):
+    with pytest.raises(DatasetUnavailable, match="没有这个.zip 不存在") as info:
         cu.prepare_dataset(settings)
+    assert DATASETS["fruit30"].urls[0] not in str(info.value)  # 路径写错时先停下，不去下载
 
 
 def test_fruit30_from_a_mirror_then_reused_offline(data_dir, server, tmp_path, monkeypatch):
@@ -260,7 +261,8 @@ def _symlink_info(name):
 
 
 @pytest.mark.parametrize("evil", [
-    "../evil.txt", "train/../../evil.txt", "/tmp/evil-abs.txt", "C:/evil.txt", "..\\evil.txt", _symlink_info("train/link"),
+    "../evil.txt", "train/../../evil.txt", "/tmp/evil-abs.txt", "C:/evil.txt", "..\\evil.txt",
+    _symlink_info("train/link"),
 ], ids=["dotdot", "nested-dotdot", "absolute", "drive-letter", "backslash", "symlink"])
 def test_unsafe_archives_are_refused_and_nothing_is_written(tmp_path, evil):
     work = tmp_path / "work"
