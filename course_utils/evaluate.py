@@ -19,16 +19,10 @@ __all__ = [
     "plot_confusion_matrix", "most_confused_pairs", "show_misclassified", "save_predictions_csv",
     "eval_transform_from_meta", "check_class_names", "predict_image", "plot_topk",
     "show_model_input", "example_image", "ensure_checkpoint", "checkpoint_summary",
-    "STRATEGY_LABELS", "run_strategies", "strategy_comparison", "comparison_caveats",
+    "strategy_label", "run_strategies", "strategy_comparison", "comparison_caveats",
     "plot_strategy_curves", "StrategyRunFailed",
 ]
 
-# 三种策略的中文名（表格和图例用）
-STRATEGY_LABELS = {
-    "freeze": "只训练分类头（freeze）",
-    "finetune": "微调全部层（finetune）",
-    "scratch": "从头训练（scratch）",
-}
 AVERAGE_ROWS = {"macro": "宏平均", "weighted": "加权平均"}
 
 
@@ -221,19 +215,13 @@ def show_misclassified(predictions: Predictions, class_names, n: int = 12, cols:
         ax.text(0.5, 0.5, "没有分错的图片", ha="center", va="center", fontsize=14)
         ax.axis("off")
         return fig
-    rows = int(np.ceil(len(wrong) / cols))
-    fig, axes = plt.subplots(rows, min(cols, len(wrong)), figsize=(2.6 * min(cols, len(wrong)), 2.9 * rows),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, index in zip(axes.flat, wrong):
-        ax.imshow(_open_rgb(predictions.paths[index]))
-        true_name = class_names[predictions.labels[index]]
-        pred_name = class_names[predictions.preds[index]]
-        confidence = predictions.confidences[index]
-        ax.set_title(f"真实：{true_name}\n预测：{pred_name}（{confidence:.0%}）", color="firebrick", fontsize=10)
-    fig.tight_layout()
-    return fig
+    titles = [
+        f"真实：{class_names[predictions.labels[i]]}\n"
+        f"预测：{class_names[predictions.preds[i]]}（{predictions.confidences[i]:.0%}）"
+        for i in wrong
+    ]
+    return _course().show_images([predictions.paths[i] for i in wrong], titles, ncols=min(cols, len(wrong)),
+                                 size=2.6, title_colors=["firebrick"] * len(wrong))
 
 
 def save_predictions_csv(predictions: Predictions, class_names, path) -> Path:
@@ -362,6 +350,12 @@ def example_image(settings) -> Path:
 # ---------------------------------------------------------------- 检查点（05、07 用）
 
 
+def strategy_label(strategy: str) -> str:
+    """策略的中文名加英文代号，例如“微调全部层（finetune）”（表格和图例用）。"""
+    names = _course().STRATEGY_NAMES
+    return f"{names[strategy]}（{strategy}）" if strategy in names else str(strategy)
+
+
 class StrategyRunFailed(RuntimeError):
     """用 papermill 执行训练笔记本 04 时出错。"""
 
@@ -392,6 +386,7 @@ def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebo
             pm.execute_notebook(
                 str(notebook), str(output), parameters={**parameters, "PROFILE": profile, "STRATEGY": strategy},
                 cwd=str(notebook.parent), kernel_name="python3", progress_bar=False,
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # 子内核的启动日志不混进本笔记本的输出
             )
         except PapermillExecutionError as exc:
             raise StrategyRunFailed(
@@ -433,7 +428,7 @@ def checkpoint_summary(meta: dict) -> "pd.DataFrame":
 
     rows = {
         "模型结构": meta.get("arch"),
-        "迁移策略": STRATEGY_LABELS.get(meta.get("strategy"), meta.get("strategy")),
+        "迁移策略": strategy_label(meta.get("strategy")),
         "运行档位": meta.get("profile"),
         "类别数": meta.get("num_classes"),
         "输入边长（像素）": meta.get("image_size"),
@@ -450,7 +445,7 @@ def checkpoint_summary(meta: dict) -> "pd.DataFrame":
 # 判断“已有结果可以复用”时必须相同的设置：同样的数据、种子、轮数、图片尺寸和训练超参数
 SAME_RUN_KEYS = (
     "dataset", "per_class_limit", "val_fraction", "seed", "epochs", "max_batches",
-    "image_size", "resize_size", "batch_size", "lr", "strategy",
+    "image_size", "resize_size", "batch_size", "lr", "strategy", "arch", "feature_cache",
 )
 
 
@@ -468,7 +463,8 @@ def _finished_run_matches(profile: str, strategy: str, parameters: dict) -> bool
         return False
     stored = metrics.get("settings", {})
     lowered = {key.lower(): value for key, value in parameters.items()}
-    expected = resolve_settings(profile, **lowered, strategy=strategy).to_dict()
+    requested = resolve_settings(profile, **lowered, strategy=strategy)
+    expected = _course().with_training_defaults(requested).to_dict()  # 与 04 补全默认值的方式相同
     keys = set(SAME_RUN_KEYS) | set(lowered)
     return all(stored.get(key) == expected.get(key) for key in keys)
 
@@ -518,7 +514,7 @@ def strategy_comparison(profile: str, strategies=("freeze", "finetune", "scratch
     rows = []
     for strategy, m in _all_metrics(profile, strategies).items():
         rows.append({
-            "策略": STRATEGY_LABELS.get(strategy, strategy),
+            "策略": strategy_label(strategy),
             "测试集准确率": m.get("test_acc"),
             "最佳验证准确率": m.get("best_val_acc"),
             "最佳轮次": m.get("best_epoch"),
@@ -547,7 +543,7 @@ def comparison_caveats(profile: str, strategies=("freeze", "finetune", "scratch"
             "它们和 scratch 的差别不能说明迁移学习的作用。联网或准备好权重文件后用 demo / quick 档位重跑。"
         )
     for strategy, m in metrics.items():
-        if m.get("weights_note"):
+        if m.get("weights") and m.get("weights_note"):  # 用上了预训练权重：说明来源
             notes.append(f"{strategy}：{m['weights_note']}")
     return notes
 
@@ -557,10 +553,12 @@ def plot_strategy_curves(profile: str, strategies=("freeze", "finetune", "scratc
     import matplotlib.pyplot as plt
 
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    all_epochs = set()
     for strategy, m in _all_metrics(profile, strategies).items():
         history = m.get("history") or []
         epochs = [h["epoch"] for h in history]
-        label = STRATEGY_LABELS.get(strategy, strategy)
+        all_epochs.update(epochs)
+        label = strategy_label(strategy)
         line, = acc_ax.plot(epochs, [h["val_acc"] for h in history], marker="o", label=label)
         loss_ax.plot(epochs, [h["val_loss"] for h in history], marker="o", color=line.get_color(), label=label)
         loss_ax.plot(epochs, [h["train_loss"] for h in history], linestyle="--", color=line.get_color())
@@ -568,6 +566,7 @@ def plot_strategy_curves(profile: str, strategies=("freeze", "finetune", "scratc
     loss_ax.set(title="损失（实线：验证集，虚线：训练集）", xlabel="轮（epoch）", ylabel="交叉熵损失")
     for ax in (acc_ax, loss_ax):
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(all_epochs) <= 25:  # 轮数不多时每一轮都标出来（轮数只有整数）
+            ax.set_xticks(sorted(all_epochs))
     fig.tight_layout()
     return fig

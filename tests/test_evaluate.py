@@ -280,9 +280,9 @@ FAKE_TRAIN = """
 import json, pathlib
 import course_utils as cu
 
-settings = cu.resolve_settings(PROFILE, epochs=EPOCHS, strategy=STRATEGY)
 if STRATEGY == "broken":
     raise RuntimeError("故意出错")
+settings = cu.with_training_defaults(cu.resolve_settings(PROFILE, epochs=EPOCHS, strategy=STRATEGY))  # 与 04 相同
 log = cu.output_dir(settings.profile) / "runs.log"
 log.write_text(log.read_text() + STRATEGY + "\\n" if log.exists() else STRATEGY + "\\n")
 acc = {"freeze": 0.8, "finetune": 0.9, "scratch": 0.3}[STRATEGY]
@@ -319,11 +319,12 @@ def _runs(tmp_path):
     return log.read_text().split() if log.exists() else []
 
 
-def test_run_strategies_trains_each_strategy_once_then_reuses_matching_runs(fake_train, tmp_path):
+def test_run_strategies_trains_each_strategy_once_then_reuses_matching_runs(fake_train, tmp_path, capfd):
     table = cu.run_strategies("smoke", ["freeze", "scratch"], {"EPOCHS": None}, notebook=fake_train)
     assert _runs(tmp_path) == ["freeze", "scratch"]
+    assert "Kernel is running" not in capfd.readouterr().err  # 子内核的启动日志不会混进笔记本输出
     assert table["来源"].tolist() == ["本次训练", "本次训练"]
-    assert list(table.index) == ["只训练分类头（freeze）", "从头训练（scratch）"]
+    assert list(table.index) == ["冻结主干，只训练分类头（freeze）", "从头训练（scratch）"]
     assert table["测试集准确率"].tolist() == pytest.approx([0.75, 0.25])
     assert table["可训练参数"].tolist() == [100, 1000]
     assert table["初始权重"].tolist() == ["IMAGENET1K_V1", "随机初始化"]
@@ -368,9 +369,11 @@ def test_strategy_curves_have_one_line_per_strategy(tmp_path, monkeypatch):
     _write_fake_metrics("demo", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
     fig = cu.plot_strategy_curves("demo")
     acc_ax, loss_ax = fig.axes
-    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == list(cu.STRATEGY_LABELS.values())
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == [
+        "冻结主干，只训练分类头（freeze）", "微调全部层（finetune）", "从头训练（scratch）"]
     assert [list(line.get_ydata()) for line in acc_ax.lines][0] == pytest.approx([0.2, 0.4, 0.6])
     assert len(loss_ax.lines) == 6  # 每种策略一条验证损失、一条训练损失
+    assert list(acc_ax.get_xticks()) == [1, 2, 3]  # 轮数是整数
     plt.close(fig)
     with pytest.raises(FileNotFoundError, match="还没有这些策略的训练结果：missing"):
         cu.strategy_comparison("demo", ["freeze", "missing"])
@@ -384,3 +387,17 @@ def test_comparison_caveats_say_when_data_or_weights_are_not_the_real_thing(tmp_
     assert "freeze, finetune 这次没有用 ImageNet 预训练权重" in notes
     _write_fake_metrics("quick", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
     assert not any("fruit30" in n or "没有用" in n for n in cu.comparison_caveats("quick"))
+
+
+def test_reuse_check_fills_in_defaults_like_notebook_04(tmp_path, monkeypatch):
+    """只改 IMAGE_SIZE 时 04 会同步缩放 resize_size：复用判断要按同样的规则补全，才认得出已有结果。"""
+    from course_utils.evaluate import _finished_run_matches
+
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
+    trained = cu.with_training_defaults(cu.resolve_settings("demo", image_size=64, strategy="freeze"))
+    assert trained.resize_size != cu.resolve_settings("demo").resize_size
+    cu.write_metrics(cu.metrics_path("demo", "freeze"), {"settings": trained.to_dict()})
+    assert _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 64})
+    assert not _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 96})
+    assert not _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 64, "FEATURE_CACHE": False})
+    assert not _finished_run_matches("demo", "finetune", {"IMAGE_SIZE": 64})  # 没有结果
