@@ -406,3 +406,17 @@ def test_demo_dataset_a_short_training_is_far_above_chance_on_the_test_split(tmp
     chance = 1 / len(splits.class_names)
     assert len(splits.class_names) >= 8 and meta["class_names"] == splits.class_names
     assert test["acc"] > 3 * chance, f"测试准确率 {test['acc']:.1%}，瞎猜是 {chance:.1%}"
+
+
+def test_scheduler_and_channels_last_are_honoured(tmp_path):
+    model = _model("finetune")
+    train, val = _loaders()
+    optimizer = cu.make_optimizer(model, "finetune", lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    history = cu.fit(model, train, val, epochs=2, device="cpu", optimizer=optimizer, scheduler=scheduler,
+                     channels_last=True, checkpoint_dir=tmp_path)
+    assert [h["lr"] for h in history] == [0.01, 0.005]  # 记录的是分类头这一轮实际用的学习率
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    loaded, _ = cu.load_checkpoint(tmp_path / "finetune_last.pt")
+    images = _tensors(n=4)[0]
+    assert torch.allclose(_predict(loaded, images), _predict(model, images), atol=1e-5)
