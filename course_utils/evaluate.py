@@ -485,12 +485,12 @@ def run_strategies(profile: str, strategies=("freeze", "finetune", "scratch"), p
     sources = {}
     bar = progress_bar(list(strategies), desc="三种策略", unit="个")
     for strategy in bar:
+        bar.set_postfix_str(strategy)  # 进度条上显示正在处理哪种策略
         if not force and _finished_run_matches(profile, strategy, parameters):
             sources[strategy] = "复用已有结果"
         else:
             _run_training_notebook(profile, strategy, parameters, notebook)
             sources[strategy] = "本次训练"
-        bar.write(f"{strategy}：{sources[strategy]}")
     table = strategy_comparison(profile, strategies)
     table.insert(0, "来源", [sources[s] for s in strategies])
     return table

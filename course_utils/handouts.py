@@ -6,7 +6,7 @@
 - 无人值守执行留下的进度条中间帧（``\\r``）被合并掉，只留最后一帧；
 - ``index.html`` 按编号列出全部页面和标题；
 - 学生版（``student=True``，写到 ``handouts/student/``）去掉参考答案：打了 ``solution`` 标签的
-  单元格，以及 ``notebooks/solutions/`` 里的参考答案笔记本。
+  单元格，以及执行过的参考答案笔记本（``outputs/<档位>/notebooks/solutions/``，只放进教师版）。
 
 命令行：``python -m course_utils handouts [--profile P] [--student]``，或 ``make handouts``。
 """
@@ -23,12 +23,12 @@ from pathlib import Path
 
 from . import paths
 from .config import resolve_profile
+from .runner import NOTEBOOK_PATTERN
 
 __all__ = ["build_handouts", "SOLUTION_TAG", "HANDOUT_FONT_FAMILY"]
 
 SOLUTION_TAG = "solution"  # 打了这个标签的单元格只出现在教师版讲义里
 HANDOUT_FONT_FAMILY = "CourseSans"  # 讲义里 @font-face 的字体名
-NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
 LINK_PATTERN = re.compile(r'href="(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?"')
 MATH_PATTERN = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 FONT_PLACEHOLDER = "/*COURSE-HANDOUT-FONT*/"
@@ -70,7 +70,6 @@ class Page:
     file_name: str
     title: str
     purpose: str
-    is_solution: bool = False
 
 
 # ---------------------------------------------------------------- 找笔记本、取标题
@@ -105,9 +104,8 @@ def _describe(path: Path, nb) -> Page:
     params = _injected_parameters(nb)
     if params:
         title += "（" + "，".join(f"{k} = {v}" for k, v in params.items()) + "）"
-    is_solution = path.parent.name == "solutions"
-    file_name = ("solutions-" if is_solution else "") + path.stem + ".html"
-    return Page(path, file_name, title, purpose, is_solution)
+    file_name = ("solutions-" if path.parent.name == "solutions" else "") + path.stem + ".html"
+    return Page(path, file_name, title, purpose)
 
 
 # ---------------------------------------------------------------- 转换
