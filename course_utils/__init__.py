@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 
 __version__ = "0.1.0"
@@ -26,32 +25,26 @@ _MODULES = (
 )
 
 
-@functools.lru_cache(maxsize=None)
-def _public_names() -> dict[str, str]:
-    """公开名字 -> 所在模块名。"""
-    names = {}
-    for module_name in _MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{module_name}":
-                continue  # 这个模块还没有写，跳过
-            raise
-        for name in getattr(module, "__all__", ()):
-            names.setdefault(name, module_name)
-    return names
+def _module(module_name: str):
+    return importlib.import_module(f"{__name__}.{module_name}")
 
 
 def __getattr__(name: str):
     if name.startswith("_"):
         raise AttributeError(name)
-    module_name = _public_names().get(name)
-    if module_name is None:
-        raise AttributeError(f"course_utils 里没有 {name!r}。可用 dir(cu) 查看全部函数。")
-    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
-    globals()[name] = value  # 缓存，下次直接取
-    return value
+    if name in _MODULES:  # ``from . import paths`` 这类子模块导入，直接导入该模块
+        return _module(name)
+    for module_name in _MODULES:
+        module = _module(module_name)
+        if name in getattr(module, "__all__", ()):
+            value = getattr(module, name)
+            globals()[name] = value  # 缓存，下次直接取
+            return value
+    raise AttributeError(f"course_utils 里没有 {name!r}。可用 dir(cu) 查看全部函数。")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_public_names()))
+    names = set(globals())
+    for module_name in _MODULES:
+        names.update(getattr(_module(module_name), "__all__", ()))
+    return sorted(names)
