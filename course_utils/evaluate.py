@@ -10,9 +10,14 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import paths
 from .progress import HEADLESS_ENV_VAR, progress_bar
+
+if TYPE_CHECKING:  # 只用于类型注解，导入本模块时不会真的导入 numpy / pandas
+    import numpy as np
+    import pandas as pd
 
 __all__ = [
     "Predictions", "predict", "topk_accuracy", "classification_table", "confusion_table",
@@ -78,7 +83,6 @@ def predict(model, loader, device) -> Predictions:
     返回：
         Predictions（probs、labels、preds、paths）。
     """
-    import numpy as np
     import torch
     from torch.utils.data import SequentialSampler
 
@@ -318,15 +322,14 @@ def plot_topk(topk: "pd.DataFrame", title: str = "模型的前几名预测"):
 def show_model_input(image, transform, mean, std):
     """左边是原图，右边是经过评估预处理（缩放、中心裁剪、标准化后再还原颜色）真正送进模型的图。"""
     import matplotlib.pyplot as plt
-    import torch
 
     original = _open_rgb(image)
     tensor = transform(original)  # (通道数, 高, 宽)，已标准化
-    shown = tensor * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    shown = _course().denormalize(tensor, mean, std)  # 还原颜色，取值 0–1
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.6))
     left.imshow(original)
     left.set_title(f"原图（{original.width}×{original.height}）")
-    right.imshow(shown.clamp(0, 1).permute(1, 2, 0).numpy())
+    right.imshow(shown.permute(1, 2, 0).numpy())
     right.set_title(f"模型看到的（{tensor.shape[2]}×{tensor.shape[1]}）")
     for ax in (left, right):
         ax.axis("off")
@@ -339,12 +342,11 @@ def example_image(settings) -> Path:
 
     数据集不存在时会按档位准备（demo / smoke 档位当场生成，不需要下载）。
     """
-    test_dir = Path(_course().prepare_dataset(settings)) / "val"
-    for class_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-        images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-        if images:
-            return images[0]
-    raise FileNotFoundError(f"{test_dir} 里没有图片。删除这个数据集目录后重新运行，让课程重新准备数据。")
+    root = Path(_course().prepare_dataset(settings))
+    test_images = [path for split, _, path in _course().list_image_files(root) if split == "val"]
+    if not test_images:
+        raise FileNotFoundError(f"{root / 'val'} 里没有图片。删除这个数据集目录后重新运行，让课程重新准备数据。")
+    return test_images[0]
 
 
 # ---------------------------------------------------------------- 检查点（05、07 用）
@@ -411,7 +413,7 @@ def ensure_checkpoint(profile: str, strategy: str, run_missing: bool | None = No
     if run_missing is None:
         run_missing = profile in ("demo", "smoke")
     if not run_missing:
-        raise FileNotFoundError(
+        raise _course().CheckpointNotFound(
             f"还没有 {profile} 档位、{strategy} 策略的检查点（{path}）。"
             f"先运行 04_train.ipynb（parameters 单元格里设 PROFILE = {profile!r}、STRATEGY = {strategy!r}），"
             f"或执行 python -m course_utils run --profile {profile} --only 04 -p STRATEGY={strategy}"

@@ -1,7 +1,5 @@
 """评估：每个指标都与手算的结果比较（小例子里有一个从没被预测到的类别），预测与单张图片预测一致。"""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -401,3 +399,12 @@ def test_reuse_check_fills_in_defaults_like_notebook_04(tmp_path, monkeypatch):
     assert not _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 96})
     assert not _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 64, "FEATURE_CACHE": False})
     assert not _finished_run_matches("demo", "finetune", {"IMAGE_SIZE": 64})  # 没有结果
+
+
+def test_example_image_is_the_first_test_image_generated_on_demand(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))  # 空的数据目录：smoke 数据集当场生成
+    path = cu.example_image(cu.resolve_settings("smoke"))
+    test_dir = path.parent.parent
+    assert test_dir.name == "val" and tmp_path in path.parents
+    assert path.parent == sorted(p for p in test_dir.iterdir() if p.is_dir())[0]
+    assert path == sorted(path.parent.iterdir())[0]
