@@ -96,6 +96,7 @@ def run_notebooks(
             pm.execute_notebook(
                 str(notebook), str(output), parameters={"PROFILE": profile, **(parameters or {})},
                 cwd=str(notebooks_dir), kernel_name="python3", progress_bar=True,
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # 不让内核的启动日志刷屏
             )
         except Exception as exc:  # 单元格出错，或内核起不来、超时：都指名道姓地报告
             failed = _describe_failure(notebook, output, exc)
