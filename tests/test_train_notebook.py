@@ -17,6 +17,7 @@ NOTEBOOK = NOTEBOOKS_DIR / "04_train.ipynb"
 def outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path / "outputs"))  # 内核继承这个环境变量
     monkeypatch.setenv("COURSE_HEADLESS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 2 核的测试机上，内核里一个线程反而更快更稳（见 test_train.py）
     return tmp_path
 
 
