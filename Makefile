@@ -2,6 +2,7 @@
 #   make run       执行全部笔记本（默认 demo 档位，离线可用），输出在 outputs/<档位>/
 #   make test      单元测试 + 每个笔记本的 smoke 运行 + papermill 参数测试
 #   make handouts  把执行过的笔记本生成 HTML 讲义
+#   make lab       打开 JupyterLab 一步一步学（档位同 PROFILE，默认 demo）
 # 第一次运行会自动创建 .venv 并安装依赖（PyTorch 约 2 分钟）。
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 PROFILE ?= demo
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: run test handouts venv clean
+.PHONY: run test handouts lab venv clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +29,9 @@ test: venv
 handouts: venv
 	$(BIN)/python -m course_utils handouts --profile $(PROFILE)
 	$(BIN)/python -m course_utils handouts --profile $(PROFILE) --student
+
+lab: venv
+	COURSE_PROFILE=$(PROFILE) $(BIN)/jupyter lab notebooks/
 
 clean:
 	rm -rf outputs/smoke .pytest_cache

@@ -55,15 +55,27 @@ class Settings:
         data.update(extra)
         return data
 
-    def to_frame(self):
-        """整理成“设置 / 取值 / 说明”三列的 pandas 表格，在笔记本里直接显示。"""
+    def to_frame(self, keys=None):
+        """整理成“设置 / 取值 / 说明”表格（pandas DataFrame）。
+
+        参数：
+            keys：只列出这些设置（按给定顺序）；None 表示全部。
+        """
         import pandas as pd
 
+        values = self.to_dict()
+        unknown = [key for key in keys or () if key not in values]
+        if unknown:
+            raise KeyError(f"没有这些设置：{', '.join(unknown)}。可选：{', '.join(values)}。")
         rows = [
-            {"设置": key, "取值": "None" if value is None else str(value), "说明": FIELD_HELP.get(key, "")}
-            for key, value in self.to_dict().items()
+            {"设置": key, "取值": "None" if values[key] is None else str(values[key]), "说明": FIELD_HELP.get(key, "")}
+            for key in (keys or values)
         ]
         return pd.DataFrame(rows).set_index("设置")
+
+    def table(self, *keys):
+        """只显示与当前笔记本有关的几项设置，例如 ``settings.table("dataset", "image_size")``。"""
+        return self.to_frame(keys or None)
 
     def _repr_html_(self) -> str:
         return self.to_frame().to_html()
@@ -77,13 +89,22 @@ FIELD_HELP = {
     "epochs": "训练轮数",
     "batch_size": "批量大小",
     "lr": "学习率",
-    "weights": "预训练权重（None 为随机初始化）",
+    "weights": "请求的预训练权重（是否真正加载，看构建模型时的输出）",
     "weights_required": "拿不到权重时是否停止",
     "per_class_limit": "每类训练图片上限",
     "max_batches": "每轮批次上限",
     "val_fraction": "从 train/ 划出的验证集比例",
     "num_workers": "数据加载进程数（None 为自动）",
     "seed": "随机种子",
+    # 笔记本自己的参数（进入 settings.extra）
+    "strategy": "迁移策略：freeze 只训练分类头 / finetune 微调全部层 / scratch 从头训练",
+    "arch": "网络结构（torchvision 模型名）",
+    "feature_cache": "是否缓存主干特征（只用于 freeze；换来速度，失去数据增广）",
+    "num_classes": "类别数（只影响分类头的大小）",
+    "dataset_url": "数据集下载地址（None 为注册表里的地址）",
+    "archive": "本地压缩包路径（None 为不用）",
+    "top_k": "显示前几个预测",
+    "image_path": "要预测的图片（None 为课程自带的示例）",
 }
 
 IMAGENET = "IMAGENET1K_V1"
@@ -146,6 +167,9 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
             changes[key] = _coerce(key, value, getattr(base, key))
         else:
             extra[key] = value
+    if "image_size" in changes and "resize_size" not in changes:
+        # 只改了输入边长时，评估用的缩放边长按档位原来的比例跟着变（例如 224 -> 256）
+        changes["resize_size"] = round(changes["image_size"] * base.resize_size / base.image_size)
     return base.replace(**changes, extra=extra)
 
 

@@ -23,7 +23,6 @@ def seed_everything(seed: int = 42) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # 也会设置所有 GPU 的种子
-    os.environ["PYTHONHASHSEED"] = str(seed)
 
 
 def get_device(prefer: str | None = None):

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "REPO_ROOT", "NOTEBOOKS_DIR", "FONTS_DIR", "data_dir", "output_dir", "OUTPUT_KINDS",
+    "REPO_ROOT", "NOTEBOOKS_DIR", "FONTS_DIR", "data_dir", "output_dir", "OUTPUT_KINDS", "display_path",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,3 +43,13 @@ def output_dir(profile: str, kind: str | None = None) -> Path:
         root = root / kind
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def display_path(path) -> str:
+    """给人看的路径：在仓库里面就写成相对仓库根目录的形式（如 outputs/demo/figures/a.png），
+    免得笔记本和讲义里出现某台电脑上的绝对路径；在仓库外面则原样返回。"""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)

@@ -82,3 +82,24 @@ def test_importing_the_package_has_no_side_effects():
 def test_unknown_attribute_gives_a_hint():
     with pytest.raises(AttributeError, match="dir\\(cu\\)"):
         cu.train_ch4  # noqa: B018
+
+
+def test_table_shows_only_the_requested_settings_in_order():
+    settings = cu.resolve_settings("smoke", STRATEGY="scratch")
+    table = settings.table("strategy", "epochs")
+    assert list(table.index) == ["strategy", "epochs"]
+    assert table.loc["strategy", "取值"] == "scratch" and table.loc["strategy", "说明"]
+    with pytest.raises(KeyError, match="没有这些设置：colour"):
+        settings.table("colour")
+
+
+def test_changing_only_the_image_size_keeps_the_resize_ratio():
+    assert resolve_settings("full", image_size=112).resize_size == 128  # 224 -> 256 的比例
+    assert resolve_settings("full", image_size=112, resize_size=112).resize_size == 112
+
+
+def test_display_path_is_relative_inside_the_repo(tmp_path):
+    from course_utils.paths import REPO_ROOT, display_path
+
+    assert display_path(REPO_ROOT / "outputs" / "demo" / "a.png") == "outputs/demo/a.png"
+    assert display_path(tmp_path / "b.png") == str(tmp_path / "b.png")
