@@ -88,22 +88,33 @@ def run_notebooks(
     os.environ[HEADLESS_ENV_VAR] = "1"  # 内核继承这个环境变量，改用文字进度条
     os.environ["COURSE_PROFILE"] = profile
     results = []
-    for notebook in list_notebooks(notebooks_dir, only):
-        output = out_dir / notebook.name
-        print(f"▶ {notebook.name}（档位 {profile}）", flush=True)
+    for notebook, output in _planned_runs(notebooks_dir, out_dir, only):
+        name = output.relative_to(out_dir).as_posix()
+        print(f"▶ {name}（档位 {profile}）", flush=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         try:
             pm.execute_notebook(
                 str(notebook), str(output), parameters={"PROFILE": profile, **(parameters or {})},
-                cwd=str(notebooks_dir), kernel_name="python3", progress_bar=True,
+                cwd=str(notebook.parent), kernel_name="python3", progress_bar=True,
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],  # 不让内核的启动日志刷屏
             )
         except Exception as exc:  # 单元格出错，或内核起不来、超时：都指名道姓地报告
             failed = _describe_failure(notebook, output, exc)
             failed.completed = results
             raise failed from exc
-        results.append(NotebookResult(notebook.name, time.perf_counter() - start, "通过"))
+        results.append(NotebookResult(name, time.perf_counter() - start, "通过"))
     return results
+
+
+def _planned_runs(notebooks_dir: Path, out_dir: Path, only: list[str] | None) -> list[tuple[Path, Path]]:
+    """(要执行的笔记本, 执行结果的位置)：先按编号执行核心笔记本，再执行 solutions/ 里的参考答案。"""
+    core = list_notebooks(notebooks_dir, only)
+    solutions_dir = notebooks_dir / "solutions"
+    solutions = []
+    if solutions_dir.is_dir():
+        solutions = [p for p in list_notebooks(solutions_dir) if not only or any(p.name.startswith(o) for o in only)]
+    return [(p, out_dir / p.name) for p in core] + [(p, out_dir / "solutions" / p.name) for p in solutions]
 
 
 def _describe_failure(notebook: Path, output: Path, exc: Exception) -> NotebookFailed:

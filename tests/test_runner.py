@@ -59,7 +59,7 @@ def test_parameters_and_profile_reach_the_notebook(tmp_path, tmp_outputs):
     _notebook(books / "05_params.ipynb", "assert PROFILE == 'smoke', PROFILE\nassert GREETING == 'hi'")
     _notebook(books / "06_skip.ipynb", "raise SystemExit('不该执行')")
 
-    result = _run_cli("--profile", "smoke", "--only", "05", "-p", "GREETING=hi",
+    result = _run_cli("--profile", "smoke", "--only", "05", "-p", "GREETING=hi", "--no-handouts",
                       "--notebooks-dir", str(books), env_outputs=tmp_outputs)
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -82,3 +82,21 @@ def test_parse_parameters():
     }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         runner.parse_parameters(["EPOCHS"])
+
+
+def test_solution_notebooks_run_after_the_core_ones_into_their_own_folder(tmp_path, tmp_outputs):
+    books = tmp_path / "nbs"
+    (books / "solutions").mkdir(parents=True)
+    _notebook(books / "03_core.ipynb", "open('order.txt', 'a').write('core ')")
+    _notebook(books / "solutions" / "03_core_solutions.ipynb", "open('order.txt', 'a').write('solution')")
+    _notebook(books / "solutions" / "04_other_solutions.ipynb", "raise SystemExit('不该执行')")
+
+    result = _run_cli("--profile", "smoke", "--only", "03", "--no-handouts",
+                      "--notebooks-dir", str(books), env_outputs=tmp_outputs)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (books / "solutions" / "order.txt").read_text() == "solution"  # 工作目录是笔记本所在目录
+    assert (books / "order.txt").read_text() == "core "
+    assert (tmp_outputs / "smoke" / "notebooks" / "solutions" / "03_core_solutions.ipynb").exists()
+    assert "solutions/03_core_solutions.ipynb" in result.stdout
+    assert "04_other" not in result.stdout
