@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 
 # 按这个顺序查找公开名字；每个模块用 __all__ 声明自己对外提供的函数
 _MODULES = (
-    "config", "paths", "progress", "env", "fonts", "data", "transforms",
-    "models", "train", "evaluate", "viz", "handouts", "runner",
+    "config", "paths", "progress", "env", "fonts", "download", "demo", "health", "imagefolder",
+    "data", "transforms", "models", "train", "evaluate", "viz", "handouts", "runner",
 )
 
 
