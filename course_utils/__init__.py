@@ -15,14 +15,12 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 __version__ = "0.1.0"
 
-# 按这个顺序查找公开名字；每个模块用 __all__ 声明自己对外提供的函数
-_MODULES = (
-    "config", "paths", "progress", "env", "fonts", "download", "demo", "health", "imagefolder",
-    "data", "transforms", "models", "train", "evaluate", "viz", "handouts", "runner",
-)
+# 包里的每个模块（不含 __main__ 这类下划线开头的）；每个模块用 __all__ 声明自己对外提供的函数
+_MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
 def _module(module_name: str):

@@ -20,6 +20,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .data import DatasetError, is_junk_name, load_rgb_image
 
+__all__ = ["CourseImageFolder", "SplitSubset", "has_image_extension"]
+
 
 def has_image_extension(path: str) -> bool:
     """文件名是常见的图片扩展名（.jpg、.png……，不区分大小写）。"""

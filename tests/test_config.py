@@ -103,3 +103,18 @@ def test_display_path_is_relative_inside_the_repo(tmp_path):
 
     assert display_path(REPO_ROOT / "outputs" / "demo" / "a.png") == "outputs/demo/a.png"
     assert display_path(tmp_path / "b.png") == str(tmp_path / "b.png")
+
+
+def test_each_public_name_comes_from_one_place():
+    import importlib
+
+    import course_utils
+
+    owners = {}
+    for module_name in course_utils._MODULES:
+        module = importlib.import_module(f"course_utils.{module_name}")
+        for name in module.__all__:
+            value = getattr(module, name)  # __all__ 里的名字必须真的存在
+            owners.setdefault(name, set()).add(id(value))
+    clashes = {name for name, ids in owners.items() if len(ids) > 1}
+    assert not clashes, f"这些名字在不同模块里指向不同的对象：{clashes}"
