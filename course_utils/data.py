@@ -6,8 +6,9 @@
 - ``directory_tree``、``class_counts``、``image_table``、``sample_images``：浏览数据集；
 - ``save_class_maps``：保存类别与序号的对应关系，后面的笔记本要用。
 
-数据健康检查在 ``health.py``，下载与解压在 ``download.py``，演示数据集的画法在 ``demo.py``；
-它们的公开函数也从这里导出，笔记本里一律写 ``cu.函数名``。
+数据健康检查在 ``health.py``，下载与解压在 ``download.py``，演示数据集的画法在 ``demo.py``，
+课程版 ImageFolder 在 ``imagefolder.py``；它们的公开函数各自在本模块的 ``__all__`` 里声明，
+笔记本里一律写 ``cu.函数名``。
 """
 
 from __future__ import annotations
@@ -22,27 +23,19 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .paths import data_dir, output_dir  # 不写 from . import paths：它会在导入途中触发包的 __getattr__
-from .demo import DEMO_FRUITS, draw_fruit_image, generate_demo_dataset
-from .download import (
-    DownloadError, UnsafeArchiveError, download_file, download_first, extract_zip, file_sha256,
-    zip_member_names,
-)
+from .demo import generate_demo_dataset
+from .download import DownloadError, UnsafeArchiveError, download_first, extract_zip, is_junk_name
+from .paths import data_dir, display_path, output_dir
 
 __all__ = [
     "DATASETS", "DatasetSource", "GeneratedDataset", "DatasetUnavailable", "DatasetError",
     "prepare_dataset", "dataset_status", "dataset_sources", "image_folder", "load_rgb_image",
     "make_datasets", "DataSplits", "make_loaders", "Loaders", "safe_num_workers",
     "save_class_maps", "load_class_names", "directory_tree", "class_counts", "image_table",
-    "sample_images", "list_image_files", "dataset_info", "time_loader",
-    # 从 demo.py、download.py、health.py 转出的名字
-    "DEMO_FRUITS", "draw_fruit_image", "generate_demo_dataset",
-    "DownloadError", "UnsafeArchiveError", "download_file", "download_first", "extract_zip",
-    "file_sha256", "zip_member_names", "check_dataset", "DatasetReport",
+    "sample_images", "list_image_files", "dataset_info", "time_loader", "image_extensions",
+    "has_image_extension",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-JUNK_NAMES = {"__MACOSX", ".DS_Store", ".ipynb_checkpoints", "Thumbs.db", "desktop.ini"}
 SPLITS = ("train", "val")
 
 
@@ -115,7 +108,7 @@ DATASETS = {
     ),
     "demo": GeneratedDataset(
         name="demo",
-        description="课程自带的演示数据集：程序画出的 12 类水果照片，离线可用",
+        description="课程自带的演示数据集：程序画出的 12 类水果图片，离线可用",
         folder_name="demo-v1",
         classes=("苹果-红", "苹果-青", "西红柿", "柠檬", "脐橙", "芒果", "香蕉", "西瓜", "草莓", "葡萄-红", "猕猴桃", "菠萝"),
         train_per_class=50,
@@ -200,7 +193,7 @@ def _archive_candidates(source: DatasetSource, archive, attempts: list[str]) -> 
         if path.is_file():
             found.append(path)
         else:
-            attempts.append(f"本地压缩包 {path} 不存在。")
+            attempts.append(f"本地压缩包 {display_path(path)} 不存在。")
     default = data_dir() / source.archive_name
     if default.is_file() and default not in found:
         found.append(default)
@@ -222,27 +215,28 @@ def _extract_checked(archive: Path, target: Path, source: DatasetSource, *, dele
     except (DownloadError, DatasetError) as exc:
         if delete_bad:
             archive.unlink(missing_ok=True)
-        raise DatasetError(f"{where or archive} 的内容不对：{exc}") from None
+        raise DatasetError(f"{where or display_path(archive)} 的内容不对：{exc}") from None
 
 
 def _looks_complete(root: Path) -> bool:
     return all((root / split).is_dir() for split in SPLITS)
 
 
-def _list_classes(folder: Path) -> list[str]:
+def list_classes(folder: Path) -> list[str]:
+    """folder 下的类别子目录名（跳过隐藏和垃圾目录），按名字排序。"""
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_junk_name(p.name))
 
 
 def _check_layout(root: Path, expected) -> Path:
     """train/ 和 val/ 都在，类别相同；expected 给出时还要与注册表的类名一致。"""
     if not _looks_complete(root):
-        raise DatasetError(f"{root} 里应有 train/ 和 val/ 两个子目录（fruit30 的结构）。")
-    train, val = _list_classes(root / "train"), _list_classes(root / "val")
+        raise DatasetError(f"{display_path(root)} 里应有 train/ 和 val/ 两个子目录（fruit30 的结构）。")
+    train, val = list_classes(root / "train"), list_classes(root / "val")
     _require_same_classes(train, val, root)
     if expected is not None and set(train) != set(expected):
         missing, extra = sorted(set(expected) - set(train)), sorted(set(train) - set(expected))
         raise DatasetError(
-            f"{root} 的类别与预期的 {len(expected)} 类不一致：缺少 {missing or '无'}，多出 {extra or '无'}。"
+            f"{display_path(root)} 的类别与预期的 {len(expected)} 类不一致：缺少 {missing or '无'}，多出 {extra or '无'}。"
             "删除这个目录后重新运行，让课程重新解压或下载。"
         )
     return root
@@ -252,7 +246,7 @@ def _require_same_classes(train: list[str], val: list[str], root) -> None:
     if train != val:
         only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
         raise DatasetError(
-            f"{root} 的 train/ 和 val/ 类别不一致：只在 train/ 里有 {only_train or '无'}，"
+            f"{display_path(root)} 的 train/ 和 val/ 类别不一致：只在 train/ 里有 {only_train or '无'}，"
             f"只在 val/ 里有 {only_val or '无'}。两边的类别子目录必须完全相同，否则类别序号会对不上。"
         )
 
@@ -266,8 +260,8 @@ def _unavailable_message(source: DatasetSource, attempts: list[str]) -> str:
         "你可以：\n"
         f"  1. 换一个镜像地址：设置环境变量 {source.url_env}=<地址>（多个地址用空格分隔），"
         "或在笔记本 02 的 parameters 单元格里设置 DATASET_URL = \"<地址>\"；\n"
-        f"  2. 用本地文件：在能上网的电脑上下载 {source.archive_name}，放到 {data / source.archive_name}"
-        f"（或把解压好的目录放到 {data / source.folder_name}），"
+        f"  2. 用本地文件：在能上网的电脑上下载 {source.archive_name}，放到 {display_path(data / source.archive_name)}"
+        f"（或把解压好的目录放到 {display_path(data / source.folder_name)}），"
         f"也可以设置环境变量 {source.archive_env}=<压缩包路径>，或在 parameters 单元格里设置 ARCHIVE = \"<路径>\"；\n"
         "  3. 先用离线的演示数据学习：把 parameters 单元格里的 PROFILE 改成 \"demo\""
         "（或设置环境变量 COURSE_PROFILE=demo）。"
@@ -279,7 +273,7 @@ def dataset_info(name: str):
     import pandas as pd
 
     if name not in DATASETS and Path(str(name)).expanduser().is_dir():
-        return pd.DataFrame({"内容": {"说明": "你自己的数据集目录", "存放位置": str(Path(str(name)).expanduser())}})
+        return pd.DataFrame({"内容": {"说明": "你自己的数据集目录", "存放位置": display_path(Path(str(name)).expanduser())}})
     source = dataset_sources(name)
     shown = "、".join(source.classes[:8]) + (f" 等 {len(source.classes)} 类" if len(source.classes) > 8 else "")
     if isinstance(source, GeneratedDataset):
@@ -290,7 +284,7 @@ def dataset_info(name: str):
             "图片数": f"train/ 每类 {source.train_per_class} 张，val/ 每类 {source.test_per_class} 张",
             "图片边长": f"{source.image_size} 像素",
             "校验": f"同一个种子（{source.seed}）逐字节相同；目录里的标记文件记录生成参数",
-            "存放位置": str(data_dir() / source.folder_name),
+            "存放位置": display_path(data_dir() / source.folder_name),
         }
     else:
         rows = {
@@ -300,7 +294,7 @@ def dataset_info(name: str):
             "类别": shown,
             "图片数": f"train/ {source.train_images} 张，val/ 约 {source.test_images} 张",
             "校验": f"SHA-256 {source.sha256}" if source.sha256 else "没有公开的校验和：检查下载是否完整、zip 的 CRC、目录结构与类名",
-            "存放位置": str(data_dir() / source.folder_name),
+            "存放位置": display_path(data_dir() / source.folder_name),
         }
     return pd.DataFrame({"内容": rows}).rename_axis(source.name)
 
@@ -315,23 +309,33 @@ def dataset_status(settings) -> str:
     folder = data_dir() / source.folder_name
     if isinstance(source, GeneratedDataset):
         if folder.is_dir():
-            return f"{name}：已生成，在 {folder}。"
-        return f"{name}：尚未生成；第一次用到时自动生成（无需联网），保存在 {folder}。"
+            return f"{name}：已生成，在 {display_path(folder)}。"
+        return f"{name}：尚未生成；第一次用到时自动生成（无需联网），保存在 {display_path(folder)}。"
     if _looks_complete(folder):
-        return f"{name}：已就绪，在 {folder}。"
+        return f"{name}：已就绪，在 {display_path(folder)}。"
     archive = data_dir() / source.archive_name
     if archive.is_file():
-        return f"{name}：压缩包 {archive} 已在本地，运行笔记本 02 时解压。"
-    return (f"{name}：尚未下载（约 {source.approx_bytes // 1024**2} MB）；运行笔记本 02 时下载到 {folder}，"
-            f"离线时可把 {source.archive_name} 放到 {data_dir()}，或改用 demo 档位。")
+        return f"{name}：压缩包 {display_path(archive)} 已在本地，运行笔记本 02 时解压。"
+    return (f"{name}：尚未下载（约 {source.approx_bytes // 1024**2} MB）；运行笔记本 02 时下载到 {display_path(folder)}，"
+            f"离线时可把 {source.archive_name} 放到 {display_path(data_dir())}，或改用 demo 档位。")
 
 
 # ---------------------------------------------------------------- 读图片、列文件
 
 
-def is_junk_name(name: str) -> bool:
-    """隐藏或系统生成的文件名/目录名（.ipynb_checkpoints、__MACOSX、.DS_Store、以 . 开头）。"""
-    return name in JUNK_NAMES or name.startswith(".")
+def image_extensions() -> tuple[str, ...]:
+    """课程当作图片的扩展名：就是 torchvision 的 ImageFolder 认的那些（.jpg、.png、.webp……）。
+
+    在函数里才导入 torchvision：只浏览数据集（笔记本 02）时也不必在导入本模块时就加载 PyTorch。
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return IMG_EXTENSIONS
+
+
+def has_image_extension(path) -> bool:
+    """文件名是常见的图片扩展名（见 ``image_extensions()``，不区分大小写）。"""
+    return str(path).lower().endswith(image_extensions())
 
 
 def load_rgb_image(path) -> Image.Image:
@@ -356,7 +360,7 @@ def list_image_files(root) -> list[tuple[str, str, Path]]:
             for dirpath, dirnames, filenames in os.walk(class_dir):
                 dirnames[:] = sorted(d for d in dirnames if not is_junk_name(d))
                 found += [(split, class_dir.name, Path(dirpath) / f) for f in sorted(filenames)
-                          if not is_junk_name(f) and f.lower().endswith(IMAGE_EXTENSIONS)]
+                          if not is_junk_name(f) and has_image_extension(f)]
     return found
 
 
@@ -367,7 +371,7 @@ def class_counts(root):
     root = Path(root)
     counts = {split: {} for split in SPLITS}
     for split in SPLITS:
-        for class_dir in (_list_classes(root / split) if (root / split).is_dir() else []):
+        for class_dir in (list_classes(root / split) if (root / split).is_dir() else []):
             counts[split][class_dir] = 0
     for split, name, _ in list_image_files(root):
         counts[split][name] += 1
@@ -631,7 +635,9 @@ def make_loaders(splits: DataSplits, settings, device) -> Loaders:
 def time_loader(loader, max_batches: int = 5):
     """逐个取出前 max_batches 个批次，记录每个批次用了多少秒、每秒多少张图。
 
-    第一个批次通常最慢：子进程要启动，文件也还没进操作系统的缓存。
+    第一个批次包含创建迭代器的开销：新建的 DataLoader 若有加载进程（num_workers > 0），要等进程启动，
+    这一批通常明显慢一些；进程已经在运行（persistent_workers 且之前取过批次）或 num_workers 为 0 时，
+    各批次的时间差不多。想看“冷启动”，就传入一个还没取过批次的新 DataLoader。
     """
     import time
 
@@ -672,15 +678,7 @@ def load_class_names(profile: str) -> list[str]:
     """读取 ``save_class_maps`` 保存的类名（按序号排列）。"""
     path = output_dir(profile, "metrics") / "class_to_idx.json"
     if not path.is_file():
-        raise FileNotFoundError(f"找不到 {path}。先运行笔记本 03（它会保存类别映射）。")
+        raise FileNotFoundError(f"找不到 {display_path(path)}。先运行笔记本 03（它会保存类别映射）。")
     class_to_idx = json.loads(path.read_text(encoding="utf-8"))
     return sorted(class_to_idx, key=class_to_idx.get)
 
-
-def __getattr__(name: str):
-    """health.py 的名字在第一次用到时才导入（它依赖 pandas）。"""
-    if name in ("check_dataset", "DatasetReport"):
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.health"), name)
-    raise AttributeError(name)

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
+from .paths import display_path
 from .progress import progress_bar
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
 
 CHUNK = 1 << 16  # 每次读写 64 KiB：断线时最多丢这么多，续传从已写入的位置开始
 EXTRACTED_MARKER = ".extracted.json"  # 解压完成后写在目标目录里
+# 系统和编辑器留下的垃圾；解压时跳过，列类别和图片时（data.py、imagefolder.py、health.py）也跳过
 JUNK_NAMES = {"__MACOSX", ".DS_Store", ".ipynb_checkpoints", "Thumbs.db", "desktop.ini"}
 
 
@@ -98,7 +100,7 @@ def _local_source(url: str) -> Path | None:
 
 def _copy_local(source: Path, part: Path, desc: str) -> None:
     if not source.is_file():
-        raise DownloadError(f"本地文件 {source} 不存在。检查路径是否写对。")
+        raise DownloadError(f"本地文件 {display_path(source)} 不存在。检查路径是否写对。")
     with open(source, "rb") as src, open(part, "wb") as dst, progress_bar(
         total=source.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
     ) as bar:
@@ -277,9 +279,14 @@ def _unsafe_reason(name: str, info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def is_junk_name(name: str) -> bool:
+    """隐藏或系统生成的文件名/目录名（.ipynb_checkpoints、__MACOSX、.DS_Store、以 . 开头）。"""
+    return name in JUNK_NAMES or name.startswith(".")
+
+
 def _is_junk(name: str) -> bool:
-    """系统和编辑器留下的垃圾：__MACOSX、.DS_Store、.ipynb_checkpoints、以 . 开头的隐藏文件。"""
-    return any(part in JUNK_NAMES or part.startswith(".") for part in PurePosixPath(name).parts)
+    """压缩包成员的路径里有任何一段是垃圾名字（如 __MACOSX/fruit30/a.jpg）。"""
+    return any(is_junk_name(part) for part in PurePosixPath(name).parts)
 
 
 def _content_root(folder: Path) -> Path:
@@ -303,11 +310,11 @@ def extract_zip(archive, target) -> Path:
     if (target / EXTRACTED_MARKER).is_file():
         return target
     if target.exists() and any(target.iterdir()):
-        raise FileExistsError(f"{target} 已存在，但不是一次完整的解压结果。把它删掉或移走，再重新运行。")
+        raise FileExistsError(f"{display_path(target)} 已存在，但不是一次完整的解压结果。把它删掉或移走，再重新运行。")
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
-        raise DownloadError(f"{archive} 不是有效的 zip 文件（可能下载不完整）。删掉它再重新运行。") from None
+        raise DownloadError(f"{display_path(archive)} 不是有效的 zip 文件（可能下载不完整）。删掉它再重新运行。") from None
     with zf:
         members = [(info, _decoded_name(info)) for info in zf.infolist()]
         unsafe = [f"{name}（{why}）" for info, name in members if (why := _unsafe_reason(name, info))]
@@ -345,4 +352,4 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, root:
             shutil.copyfileobj(src, dst, CHUNK)
     except zipfile.BadZipFile as exc:  # CRC 校验失败：压缩包损坏
         shutil.rmtree(root, ignore_errors=True)
-        raise DownloadError(f"{archive} 已损坏（{name}：{exc}）。删掉它再重新下载。") from None
+        raise DownloadError(f"{display_path(archive)} 已损坏（{name}：{exc}）。删掉它再重新下载。") from None

@@ -3,7 +3,7 @@
 检查项：读不出来或被截断的文件、非 RGB 模式（灰度 L、带透明 RGBA、调色板 P、印刷用 CMYK）、
 太小的图片、没有图片的类别、train/ 与 val/ 类别不一致、跨划分的完全重复（文件哈希相同）
 与近似重复（感知哈希相近，如重新压缩或缩放过的同一张图）——它们会造成*数据泄漏*（data leakage），
-让测试成绩虚高——以及类别不均衡。任何一个坏文件都不会让检查本身崩溃。
+让测试成绩虚高——、train/ 内部的重复（验证集从 train/ 划出，重复图会泄漏到验证集），以及类别不均衡。任何一个坏文件都不会让检查本身崩溃。
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import IMAGE_EXTENSIONS, SPLITS, _list_classes, is_junk_name
+from .data import SPLITS, has_image_extension, list_classes
+from .download import is_junk_name
 from .progress import progress_bar
 
 __all__ = ["check_dataset", "DatasetReport"]
@@ -90,12 +91,12 @@ def _scan(root: Path, show_progress: bool | None):
 
     files, others = [], []
     for split in SPLITS:
-        for name in (_list_classes(root / split) if (root / split).is_dir() else []):
+        for name in (list_classes(root / split) if (root / split).is_dir() else []):
             for path in sorted((root / split / name).rglob("*")):
                 relative = path.relative_to(root / split / name)
                 if path.is_dir() or any(is_junk_name(part) for part in relative.parts):
                     continue
-                target = files if path.suffix.lower() in IMAGE_EXTENSIONS else others
+                target = files if has_image_extension(path.name) else others
                 target.append((split, name, path))
     rows = []
     show = len(files) > 200 if show_progress is None else show_progress
@@ -149,44 +150,68 @@ def _class_problems(counts, imbalance_ratio: float) -> list[dict]:
     return found
 
 
+LEAK_TO_VALIDATION = ("验证集是从 train/ 里随机划出的：这样的两张图可能一张分进训练部分、一张分进验证部分，"
+                      "验证准确率会虚高，挑选模型时被误导。")
+
+
 def _duplicate_problems(images) -> list[dict]:
-    """文件内容完全相同的图片：跨划分是数据泄漏（警告），同一划分内是重复（提示）。"""
+    """文件内容完全相同的图片。
+
+    跨 train/ 与 val/：测试集泄漏（警告）；都在 train/ 里：可能泄漏到验证集（警告）；都在 val/ 里：提示。
+    """
     found = []
     readable = images[images["错误"].isna()]
     for _, group in readable.groupby("sha256"):
         if len(group) < 2:
             continue
-        files = "、".join(group["文件"])
-        cross = group["划分"].nunique() > 1
-        first = group.iloc[0]
+        splits = sorted(group["划分"].unique())
+        classes = sorted(group["类别"].unique())
+        if len(splits) > 1:
+            problem, level = "跨划分重复（泄漏）", "警告"
+            why = "同一张图既在训练集又在测试集，测试成绩会虚高；从其中一边删掉。"
+        elif splits == ["train"]:
+            problem, level, why = "train/ 内重复（泄漏到验证集）", "警告", LEAK_TO_VALIDATION + "只保留一份。"
+        else:
+            problem, level, why = "val/ 内重复", "提示", "同一张图在测试成绩里被算了好几次，只保留一份。"
+        if len(classes) > 1:
+            why += "而且它们分在不同的类别里，至少有一份标错了。"
         found.append({
-            "级别": "警告" if cross else "提示",
-            "问题": "跨划分重复（泄漏）" if cross else "划分内重复",
-            "划分": "、".join(sorted(group["划分"].unique())), "类别": "、".join(sorted(group["类别"].unique())),
-            "文件": first["文件"],
-            "说明": (f"这些文件内容完全相同：{files}。" + (
-                "同一张图既在训练集又在测试集，测试成绩会虚高；从其中一边删掉。" if cross else "重复的图片相当于加大了它的权重。")),
+            "级别": level, "问题": problem, "划分": "、".join(splits), "类别": "、".join(classes),
+            "文件": group.iloc[0]["文件"], "说明": f"这些文件内容完全相同：{'、'.join(group['文件'])}。{why}",
         })
     return found
 
 
-def _near_duplicate_problems(images, max_distance: int) -> list[dict]:
-    """train/ 与 val/ 之间指纹相近（汉明距离 ≤ max_distance 位）但文件不同的图片对：疑似泄漏。"""
-    readable = images[images["dhash"].notna()]
-    train, val = readable[readable["划分"] == "train"], readable[readable["划分"] == "val"]
-    if train.empty or val.empty:
-        return []
-    a, b = np.stack(train["dhash"].to_list()), np.stack(val["dhash"].to_list())
-    found = []
+def _close_pairs(a: np.ndarray, b: np.ndarray, max_distance: int, same: bool):
+    """指纹 a[i] 与 b[j] 相差不超过 max_distance 位的 (i, j, 位数)；same=True 时 a 就是 b，只取 i < j。"""
     for start in range(0, len(a), 256):  # 分块计算，内存占用可控
         distance = np.bitwise_count(a[start:start + 256, None, :] ^ b[None, :, :]).sum(-1)
         for i, j in zip(*np.nonzero(distance <= max_distance)):
-            t, v = train.iloc[start + i], val.iloc[j]
+            if not same or start + i < j:
+                yield start + i, j, int(distance[i, j])
+
+
+def _near_duplicate_problems(images, max_distance: int) -> list[dict]:
+    """指纹相近（汉明距离 ≤ max_distance 位）但文件不同的图片对：train/ 与 val/ 之间，以及 train/ 内部。"""
+    readable = images[images["dhash"].notna()]
+    train, val = readable[readable["划分"] == "train"], readable[readable["划分"] == "val"]
+    if train.empty:
+        return []
+    a = np.stack(train["dhash"].to_list())
+    checks = [("跨划分近似重复（泄漏）", val, False, "同一张图的副本一边在训练集、一边在测试集，测试成绩会虚高。"),
+              ("train/ 内近似重复（泄漏到验证集）", train, True, LEAK_TO_VALIDATION)]
+    found = []
+    for problem, other, same, why in checks:
+        if other.empty:
+            continue
+        for i, j, bits in _close_pairs(a, np.stack(other["dhash"].to_list()), max_distance, same):
+            t, v = train.iloc[i], other.iloc[j]
             if t["sha256"] == v["sha256"]:
                 continue  # 完全相同的已经报告过
-            found.append({"级别": "警告", "问题": "跨划分近似重复（泄漏）", "划分": "train、val", "类别": t["类别"],
-                          "文件": t["文件"], "说明": f"与 {v['文件']} 几乎一样（指纹相差 {distance[i, j]} / "
-                                                     f"{HASH_SIZE * HASH_SIZE} 位），可能是同一张图缩放或重新压缩后的副本。"})
+            found.append({"级别": "警告", "问题": problem, "划分": "、".join(sorted({"train", v["划分"]})),
+                          "类别": "、".join(sorted({t["类别"], v["类别"]})), "文件": t["文件"],
+                          "说明": f"与 {v['文件']} 几乎一样（指纹相差 {bits} / {HASH_SIZE * HASH_SIZE} 位），"
+                                  f"可能是同一张图缩放或重新压缩后的副本。{why}"})
     return found
 
 
@@ -210,13 +235,14 @@ def check_dataset(root, *, min_size: int = 32, imbalance_ratio: float = 3.0, nea
     参数：
         min_size：短边小于这个像素数算“图片太小”。
         imbalance_ratio：同一划分里最多与最少的类别张数之比超过它，算“类别不均衡”。
-        near_duplicate_bits：train 与 val 的两张图指纹（256 位）相差不超过这么多位，算“近似重复”。
+        near_duplicate_bits：两张图（train 与 val 之间，或都在 train 里）的指纹（256 位）相差不超过这么多位，
+            算“近似重复”。
         show_progress：是否显示进度条；None 表示图片多于 200 张时显示。
     """
     import pandas as pd
 
     root = Path(root)
-    classes = {split: set(_list_classes(root / split)) if (root / split).is_dir() else set() for split in SPLITS}
+    classes = {split: set(list_classes(root / split)) if (root / split).is_dir() else set() for split in SPLITS}
     images, others = _scan(root, show_progress)
     readable = images[images["错误"].isna()]  # 只数能用的图片：全是坏文件的类别也算空类别
     counts = readable.groupby(["类别", "划分"]).size().unstack(fill_value=0).reindex(

@@ -4,8 +4,8 @@
    不会被当成类别，里面的文件也不会被当成样本；
 2. 每张图片都用 ``load_rgb_image`` 读成 RGB（灰度、CMYK、带透明通道、调色板图片都能处理）。
 
-本模块在导入时就导入 torchvision，所以不在 ``cu.xxx`` 的自动查找范围内；
-笔记本里通过 ``cu.image_folder(...)`` 和 ``cu.make_datasets(...)`` 使用它。
+本模块在导入时就导入 torchvision（类要继承 ImageFolder）；笔记本里一般通过
+``cu.image_folder(...)`` 和 ``cu.make_datasets(...)`` 间接使用它。
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .data import DatasetError, is_junk_name, load_rgb_image
+from .data import DatasetError, has_image_extension, load_rgb_image
+from .download import is_junk_name
 
-__all__ = ["CourseImageFolder", "SplitSubset", "has_image_extension"]
-
-
-def has_image_extension(path: str) -> bool:
-    """文件名是常见的图片扩展名（.jpg、.png……，不区分大小写）。"""
-    return path.lower().endswith(IMG_EXTENSIONS)
+__all__ = ["CourseImageFolder", "SplitSubset"]
 
 
 class CourseImageFolder(ImageFolder):

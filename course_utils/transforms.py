@@ -9,8 +9,10 @@ from __future__ import annotations
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "build_transforms", "build_eval_transform", "denormalize",
-    "augmentation_steps", "describe_transform", "channel_stats",
+    "augmentation_steps", "describe_transform", "channel_stats", "pixels_by_channel",
 ]
+
+CHANNEL_NAMES = ("R（红）", "G（绿）", "B（蓝）")
 
 # ImageNet 训练集上每个颜色通道（R, G, B）的均值和标准差；预训练模型就是按它归一化训练的
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -94,7 +96,12 @@ STEP_HELP = {
 
 
 def describe_transform(transform):
-    """把一个 Compose 列成表格：步骤、参数、用在哪里、作用（中文）。"""
+    """把一个 Compose 列成表格：步骤、参数、用在哪里、作用（中文）。
+
+    返回 pandas 的 Styler（表格的显示版本，长文字完整显示、不被截断）；原始 DataFrame 在它的 ``.data`` 里。
+    """
+    import re
+
     import pandas as pd
 
     rows = []
@@ -102,19 +109,26 @@ def describe_transform(transform):
         name = type(step).__name__
         where, what = STEP_HELP.get(name, ("", ""))
         args = repr(step)[len(name) + 1:-1]  # 去掉 "名字(" 和末尾的 ")"
+        args = re.sub(r"(\d+\.\d{3})\d+", r"\1", args)  # 1.3333333333333333 -> 1.333
         rows.append({"步骤": name, "参数": args, "用于": where, "作用": what})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.style.hide(axis="index").set_properties(**{"text-align": "left"})
+
+
+def pixels_by_channel(tensor):
+    """把 (通道数, 高, 宽) 或 (批量大小, 通道数, 高, 宽) 的张量整理成 (通道数, 像素个数)：每行是一个通道的全部像素值。"""
+    x = tensor.detach().float().cpu()
+    if x.dim() == 4:
+        x = x.transpose(0, 1)  # 批量：把通道放到第 0 维
+    return x.reshape(x.shape[0], -1)
 
 
 def channel_stats(tensor):
     """每个颜色通道的最小值、最大值、均值、标准差（张量形状 (通道数, 高, 宽) 或 (批量大小, 通道数, 高, 宽)）。"""
     import pandas as pd
 
-    x = tensor.detach().float()
-    x = x.transpose(0, 1) if x.dim() == 4 else x  # 批量：把通道放到第 0 维
-    flat = x.reshape(x.shape[0], -1)
-    names = ["R（红）", "G（绿）", "B（蓝）"][: flat.shape[0]]
+    flat = pixels_by_channel(tensor)
     return pd.DataFrame({
         "最小值": flat.min(1).values.numpy(), "最大值": flat.max(1).values.numpy(),
         "均值": flat.mean(1).numpy(), "标准差": flat.std(1).numpy(),
-    }, index=names).round(3)
+    }, index=list(CHANNEL_NAMES[: flat.shape[0]])).round(3)

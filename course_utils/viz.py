@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .data import load_rgb_image
 from .paths import output_dir
+from .transforms import CHANNEL_NAMES, IMAGENET_MEAN, IMAGENET_STD, augmentation_steps, denormalize, pixels_by_channel
 
 __all__ = [
     "save_figure", "show_images", "show_batch", "plot_class_counts", "plot_image_sizes",
@@ -31,8 +33,6 @@ def _as_array(image):
     import numpy as np
 
     if isinstance(image, (str, Path)):
-        from .data import load_rgb_image
-
         return np.asarray(load_rgb_image(image))
     if hasattr(image, "detach"):  # torch 张量：(通道, 高, 宽) -> (高, 宽, 通道)
         array = image.detach().cpu().float()
@@ -79,8 +79,6 @@ def show_batch(images, labels, class_names, *, n: int = 16, ncols: int = 8, mean
     参数：
         images：形状 (批量大小, 通道数, 高, 宽) 的张量（归一化过的）；labels：类别序号。
     """
-    from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
-
     mean = IMAGENET_MEAN if mean is None else mean
     std = IMAGENET_STD if std is None else std
     shown = denormalize(images[:n], mean, std)
@@ -88,14 +86,22 @@ def show_batch(images, labels, class_names, *, n: int = 16, ncols: int = 8, mean
     return show_images(list(shown), titles, ncols=min(ncols, len(shown)), size=1.6)
 
 
+SPLIT_LABELS = {"train": "train/（训练 + 验证）", "val": "val/（测试集）"}  # 课程里两个目录各自的用途
+
+
 def plot_class_counts(counts, title: str = "每类图片数"):
-    """每类图片数的横向条形图；counts 是 ``cu.class_counts(root)`` 的表格（行：类别，列：train / val）。"""
+    """每类图片数的横向条形图；counts 是 ``cu.class_counts(root)`` 的表格（行：类别，列：train / val）。
+
+    图例写明两个目录的用途（验证集从 train/ 划出，val/ 当测试集），放在图的右侧，不挡住条形。
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    long = counts.rename_axis("类别").reset_index().melt(id_vars="类别", var_name="划分", value_name="图片数")
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(counts) * 1.3 + 1.2))
-    sns.barplot(data=long, y="类别", x="图片数", hue="划分", ax=ax, orient="h")
+    long = (counts.rename(columns=SPLIT_LABELS).rename_axis("类别").reset_index()
+            .melt(id_vars="类别", var_name="目录", value_name="图片数"))
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(counts) * 1.3 + 1.2))
+    sns.barplot(data=long, y="类别", x="图片数", hue="目录", ax=ax, orient="h")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_title(title)
     ax.set_ylabel("")
     fig.tight_layout()
@@ -106,11 +112,21 @@ def plot_image_sizes(table):
     """图片尺寸与宽高比：左图每张图的宽和高（散点），右图宽高比的分布（直方图）。
 
     table 是 ``cu.image_table(root)`` 的表格（列：划分、宽、高、宽高比）。
+    所有图片尺寸都相同时（如演示数据），图上只会有一个点：这时只打印一句说明，不画图，返回 None。
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     table = table.dropna(subset=["宽", "高"])
+    sizes = table[["宽", "高"]].drop_duplicates()
+    if len(sizes) <= 1:
+        if sizes.empty:
+            print("没有能读出尺寸的图片，无法统计。")
+        else:
+            width, height = (int(v) for v in sizes.iloc[0])
+            print(f"全部 {len(table)} 张图片都是 {width}×{height} 像素（宽高比 {width / height:.2f}），"
+                  "画出来只有一个点，所以不画图了。")
+        return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     sns.scatterplot(data=table, x="宽", y="高", hue="划分", alpha=0.6, s=18, ax=left)
     left.set_title("图片的宽和高（像素）")
@@ -127,23 +143,21 @@ def show_augmentations(image, image_size: int, resize_size: int, *, n_random: in
 
     参数：
         image：PIL 图片或路径。n_random：随机裁剪缩放画几次（每次结果不同）。
-        seed：固定随机裁剪的随机数，让图可以复现。
+        seed：固定随机裁剪的随机数，让图可以复现（不改变全局的随机数状态）。
     """
     import torch
 
-    from .data import load_rgb_image
-    from .transforms import augmentation_steps
-
     image = load_rgb_image(image) if isinstance(image, (str, Path)) else image
     steps = augmentation_steps(image_size, resize_size)
-    torch.manual_seed(seed)
     shown, titles = [image], [f"原图 {image.width}×{image.height}"]
-    for name, step in steps.items():
-        repeats = n_random if name.startswith("随机") else 1
-        for k in range(repeats):
-            out = step(image)
-            shown.append(out)
-            titles.append(f"{name.split(' ')[0]}{f' #{k + 1}' if repeats > 1 else ''}\n{out.width}×{out.height}")
+    with torch.random.fork_rng(devices=[]):  # 只在这里用固定种子；退出后全局随机数状态原样恢复
+        torch.manual_seed(seed)
+        for name, step in steps.items():
+            repeats = n_random if name.startswith("随机") else 1
+            for k in range(repeats):
+                out = step(image)
+                shown.append(out)
+                titles.append(f"{name.split(' ')[0]}{f' #{k + 1}' if repeats > 1 else ''}\n{out.width}×{out.height}")
     return show_images(shown, titles, ncols=min(len(shown), 4), size=2.4)
 
 
@@ -162,15 +176,13 @@ def plot_pixel_histogram(before, after, *, max_pixels: int = 20000, seed: int = 
 
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, tensor, title in ((axes[0], before, "归一化之前（0–1）"), (axes[1], after, "归一化之后（约以 0 为中心）")):
-        x = tensor.detach().float()
-        x = x.transpose(0, 1) if x.dim() == 4 else x
-        flat = x.reshape(x.shape[0], -1).numpy()
+    titles = ("归一化之前（0–1）", "归一化之后（整个 ImageNet 约以 0 为中心）")
+    for ax, tensor, title in zip(axes, (before, after), titles):
+        flat = pixels_by_channel(tensor).numpy()
         keep = rng.choice(flat.shape[1], size=min(max_pixels, flat.shape[1]), replace=False)
-        frame = pd.DataFrame({"像素值": flat[:, keep].ravel(),
-                              "通道": np.repeat(["R（红）", "G（绿）", "B（蓝）"][: flat.shape[0]], len(keep))})
+        frame = pd.DataFrame({"像素值": flat[:, keep].ravel(), "通道": np.repeat(CHANNEL_NAMES[: flat.shape[0]], len(keep))})
         sns.histplot(data=frame, x="像素值", hue="通道", bins=40, element="step", fill=False, ax=ax,
-                     palette={"R（红）": "tab:red", "G（绿）": "tab:green", "B（蓝）": "tab:blue"})
+                     palette=dict(zip(CHANNEL_NAMES, ("tab:red", "tab:green", "tab:blue"))))
         ax.set_title(title)
         ax.set_ylabel("像素个数")
     fig.tight_layout()

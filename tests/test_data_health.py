@@ -119,10 +119,22 @@ def test_clean_generated_dataset_has_no_problems(tmp_path):
     assert report.summary.endswith("没有发现问题。")
 
 
-def test_within_split_exact_duplicate_is_a_hint(tmp_path):
+def test_duplicates_inside_train_are_leakage_into_validation(tmp_path):
+    """验证集从 train/ 划出：train/ 内部的重复（完全相同或近似）也是泄漏；val/ 内部的重复只是提示。"""
     root = cu.generate_demo_dataset(tmp_path / "d", classes=["香蕉", "柠檬"], train_per_class=3,
-                                    test_per_class=2, image_size=40, seed=4)
-    copy = root / "train" / "香蕉" / "copy.jpg"
-    copy.write_bytes((root / "train" / "香蕉" / "0001.jpg").read_bytes())
-    rows = _found(cu.check_dataset(root), "划分内重复")
-    assert len(rows) == 1 and rows.iloc[0]["级别"] == "提示"
+                                    test_per_class=2, image_size=64, seed=4)
+    banana, lemon = root / "train" / "香蕉", root / "train" / "柠檬"
+    (banana / "copy.jpg").write_bytes((banana / "0003.jpg").read_bytes())
+    (lemon / "wrong.jpg").write_bytes((banana / "0002.jpg").read_bytes())  # 同一张图放进了两个类别
+    Image.open(banana / "0001.jpg").resize((56, 56), Image.Resampling.LANCZOS).save(banana / "near.jpg", quality=70)
+    (root / "val" / "柠檬" / "again.jpg").write_bytes((root / "val" / "柠檬" / "0001.jpg").read_bytes())
+    report = cu.check_dataset(root)
+    exact = _found(report, "train/ 内重复（泄漏到验证集）")
+    assert len(exact) == 2 and set(exact["级别"]) == {"警告"}, report.problems.to_string()
+    assert all("验证准确率会虚高" in text for text in exact["说明"])
+    assert "标错" in exact[exact["类别"] == "柠檬、香蕉"].iloc[0]["说明"]
+    assert "标错" not in exact[exact["类别"] == "香蕉"].iloc[0]["说明"]
+    near = _found(report, "train/ 内近似重复（泄漏到验证集）")
+    assert list(near["文件"]) == ["train/香蕉/0001.jpg"] and "train/香蕉/near.jpg" in near.iloc[0]["说明"]
+    in_val = _found(report, "val/ 内重复")
+    assert len(in_val) == 1 and in_val.iloc[0]["级别"] == "提示"

@@ -163,11 +163,18 @@ def test_transforms_normalize_and_denormalize():
     normalized = (x - torch.tensor(cu.IMAGENET_MEAN)[:, None, None]) / torch.tensor(cu.IMAGENET_STD)[:, None, None]
     assert torch.allclose(cu.denormalize(normalized), x, atol=1e-6)
     assert cu.denormalize(normalized[0]).shape == (3, 8, 8)
-    table = cu.describe_transform(train_tf)
+    styled = cu.describe_transform(train_tf)
+    table = styled.data
     assert table["步骤"].tolist() == ["RandomResizedCrop", "RandomHorizontalFlip", "ToImage", "ToDtype", "Normalize"]
     assert (table["作用"] != "").all()
+    assert "ratio=(0.75, 1.333)" in table.loc[0, "参数"]  # 长小数缩短
+    html = styled.to_html()
+    assert "模型见到不同位置和大小的水果" in html and "..." not in html  # 长文字完整显示，不被截断
+    assert cu.pixels_by_channel(normalized).shape == (3, 2 * 8 * 8)
     stats = cu.channel_stats(normalized)
     assert list(stats.index) == ["R（红）", "G（绿）", "B（蓝）"]
+    expected = normalized.transpose(0, 1).reshape(3, -1).mean(1)
+    assert np.allclose(stats["均值"], expected.numpy(), atol=1e-3)
 
 
 def test_class_maps_are_saved_like_the_tutorial(tmp_path, monkeypatch):
@@ -213,14 +220,22 @@ def test_figures(root, chinese_font):
     splits = cu.make_datasets(_settings(), root)
     images, labels = next(iter(cu.make_loaders(splits, _settings(), "cpu").train))
     paths = [p for p, _ in cu.sample_images(root, per_class=1)]
+    varied = cu.image_table(root)
+    varied.loc[0, "宽"] = 64  # 尺寸不全相同才画图
     figures = {
         "grid": cu.show_images(paths, ["一", "二", "三"], ncols=2),
         "batch": cu.show_batch(images, labels, splits.class_names, n=6),
         "counts": cu.plot_class_counts(cu.class_counts(root)),
-        "sizes": cu.plot_image_sizes(cu.image_table(root)),
+        "sizes": cu.plot_image_sizes(varied),
         "aug": cu.show_augmentations(paths[0], 32, 36, n_random=2),
         "hist": cu.plot_pixel_histogram(cu.denormalize(images), images),
     }
+    legend = figures["counts"].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["train/（训练 + 验证）", "val/（测试集）"]
+    figures["counts"].canvas.draw()
+    legend_box, axes_box = legend.get_window_extent(), figures["counts"].axes[0].get_window_extent()
+    assert legend_box.x0 >= axes_box.x1  # 图例在坐标区右侧，不挡住条形
+    assert len(figures["sizes"].axes) == 2
     titled = [ax.get_title() for ax in figures["grid"].axes if ax.get_title()]
     assert titled == ["一", "二", "三"] and len(figures["grid"].axes) == 4
     assert [ax.get_title() for ax in figures["batch"].axes] == [splits.class_names[int(y)] for y in labels[:6]]
@@ -229,3 +244,31 @@ def test_figures(root, chinese_font):
         plt.close(fig)
     with pytest.raises(ValueError, match="没有可以显示的图片"):
         cu.show_images([])
+
+
+def test_uniform_image_sizes_give_one_sentence_instead_of_a_chart(root, capsys):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    assert cu.plot_image_sizes(cu.image_table(root)) is None
+    assert plt.get_fignums() == before  # 没有画出只有一个点的图
+    assert capsys.readouterr().out.startswith("全部 72 张图片都是 40×40 像素")
+
+
+def test_augmentation_figure_is_reproducible_and_leaves_the_global_rng_alone(root, chinese_font):
+    import matplotlib.pyplot as plt
+
+    path = cu.sample_images(root, per_class=1)[0][0]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    pixels = []
+    for _ in range(2):
+        fig = cu.show_augmentations(path, 32, 36, n_random=2, seed=5)
+        pixels.append([np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images])
+        plt.close(fig)
+    assert torch.equal(torch.get_rng_state(), state)  # 全局随机数状态没有被改动
+    assert all(np.array_equal(a, b) for a, b in zip(*pixels))  # 同一个 seed，同样的随机裁剪
+    other = cu.show_augmentations(path, 32, 36, n_random=2, seed=6)
+    crops = [np.asarray(ax.images[0].get_array()) for ax in other.axes if ax.images][1:3]
+    plt.close(other)
+    assert not all(np.array_equal(a, b) for a, b in zip(crops, pixels[0][1:3]))
