@@ -1,19 +1,21 @@
-"""评估与预测：在测试集上打分、每类指标、混淆矩阵、分错的图片、单张图片预测、三种策略对比。
+"""评估与预测：在测试集上打分、每类指标、混淆矩阵、分错的图片、单张图片预测、检查点摘要。
 
 指标一律交给 ``sklearn.metrics`` 计算（``zero_division=0``：某类一次也没被预测到时，
-它的精确率记为 0 而不是报错），表格里的类别用中文类名。
+它的精确率记为 0 而不是报错），表格里的类别用中文类名。三种策略的对比在 ``compare.py``。
 """
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import paths
-from .progress import HEADLESS_ENV_VAR, progress_bar
+from .compare import ensure_checkpoint, strategy_label
+from .data import list_image_files, load_rgb_image, make_datasets, make_loaders, prepare_dataset
+from .paths import display_path
+from .progress import progress_bar
+from .train import load_checkpoint
+from .transforms import build_eval_transform, denormalize
 
 if TYPE_CHECKING:  # 只用于类型注解，导入本模块时不会真的导入 numpy / pandas
     import numpy as np
@@ -23,19 +25,10 @@ __all__ = [
     "Predictions", "predict", "topk_accuracy", "classification_table", "confusion_table",
     "plot_confusion_matrix", "most_confused_pairs", "show_misclassified", "save_predictions_csv",
     "eval_transform_from_meta", "check_class_names", "predict_image", "plot_topk",
-    "show_model_input", "example_image", "ensure_checkpoint", "checkpoint_summary",
-    "strategy_label", "run_strategies", "strategy_comparison", "comparison_caveats",
-    "plot_strategy_curves", "StrategyRunFailed",
+    "show_model_input", "example_image", "checkpoint_summary", "predict_test_set",
 ]
 
 AVERAGE_ROWS = {"macro": "宏平均", "weighted": "加权平均"}
-
-
-def _course():
-    """课程包本身：按名字取其他模块的公开函数（如 ``checkpoint_path``），不关心它在哪个模块。"""
-    import course_utils
-
-    return course_utils
 
 
 # ---------------------------------------------------------------- 预测与指标
@@ -155,7 +148,10 @@ def confusion_table(labels, preds, class_names, normalize: bool = False) -> "pd.
 
 
 def plot_confusion_matrix(labels, preds, class_names, normalize: bool = False):
-    """画混淆矩阵热力图（中文类名）；normalize=True 时显示每个真实类别被预测成各类的比例。"""
+    """画混淆矩阵热力图（中文类名）；normalize=True 时显示每个真实类别被预测成各类的比例。
+
+    值为 0 的格子留空：对角线以外写着数字的格子就是模型犯过的错误，一眼就能找到。
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
     from matplotlib.ticker import MaxNLocator
@@ -164,8 +160,8 @@ def plot_confusion_matrix(labels, preds, class_names, normalize: bool = False):
     size = max(4.0, 0.42 * len(class_names) + 2.5)  # 类别多时把图放大，格子里的数字才看得清
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     sns.heatmap(
-        table, annot=len(class_names) <= 30, fmt=".0%" if normalize else "d", cmap="Blues",
-        square=True, cbar=True, linewidths=0.5, annot_kws={"fontsize": 8}, ax=ax,
+        table, annot=_cell_labels(table.to_numpy(), normalize) if len(class_names) <= 30 else False, fmt="",
+        cmap="Blues", square=True, cbar=True, linewidths=0.5, annot_kws={"fontsize": 8}, ax=ax,
         vmin=0, vmax=1 if normalize else None,
     )
     if not normalize:  # 计数只有整数，颜色条也只标整数
@@ -178,6 +174,20 @@ def plot_confusion_matrix(labels, preds, class_names, normalize: bool = False):
     ax.tick_params(axis="y", labelrotation=0)
     fig.tight_layout()
     return fig
+
+
+def _cell_labels(values, normalize: bool):
+    """混淆矩阵每个格子里写的字：0 留空；比例写成百分数，不到 1% 的写“<1%”。"""
+    import numpy as np
+
+    def label(value) -> str:
+        if value == 0:
+            return ""
+        if not normalize:
+            return str(int(value))
+        return "<1%" if value < 0.005 else f"{value:.0%}"
+
+    return np.vectorize(label, otypes=[object])(values)
 
 
 def most_confused_pairs(labels, preds, class_names, top: int = 5) -> "pd.DataFrame":
@@ -224,14 +234,17 @@ def show_misclassified(predictions: Predictions, class_names, n: int = 12, cols:
         f"预测：{class_names[predictions.preds[i]]}（{predictions.confidences[i]:.0%}）"
         for i in wrong
     ]
-    return _course().show_images([predictions.paths[i] for i in wrong], titles, ncols=min(cols, len(wrong)),
-                                 size=2.6, title_colors=["firebrick"] * len(wrong))
+    from .viz import show_images
+
+    return show_images([predictions.paths[i] for i in wrong], titles, ncols=min(cols, len(wrong)),
+                       size=2.6, title_colors=["firebrick"] * len(wrong))
 
 
 def save_predictions_csv(predictions: Predictions, class_names, path) -> Path:
     """把每张图片的预测写成 CSV（UTF-8 带 BOM，Excel 能直接打开中文），返回文件路径。
 
-    列：图片、真实类别、预测类别、置信度、是否正确，以及每个类别的概率（“概率-类名”）。
+    列：图片（仓库里的图片写相对仓库根目录的路径，见 ``cu.display_path``）、真实类别、预测类别、
+    置信度、是否正确，以及每个类别的概率（“概率-类名”）。
     """
     import pandas as pd
 
@@ -239,7 +252,7 @@ def save_predictions_csv(predictions: Predictions, class_names, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(class_names)
     table = pd.DataFrame({
-        "图片": predictions.paths,
+        "图片": [display_path(p) if p else "" for p in predictions.paths],
         "真实类别": [names[i] for i in predictions.labels],
         "预测类别": [names[i] for i in predictions.preds],
         "置信度": predictions.confidences,
@@ -255,7 +268,7 @@ def save_predictions_csv(predictions: Predictions, class_names, path) -> Path:
 
 def eval_transform_from_meta(meta: dict):
     """按检查点记录的输入尺寸重建评估用的预处理（与训练后评估测试集时完全相同）。"""
-    return _course().build_eval_transform(meta["image_size"], meta["resize_size"])
+    return build_eval_transform(meta["image_size"], meta["resize_size"])
 
 
 def check_class_names(meta: dict, class_names) -> list[str]:
@@ -270,17 +283,17 @@ def check_class_names(meta: dict, class_names) -> list[str]:
 
 
 def _open_rgb(image):
-    """接受图片路径或 PIL 图片，按数据集读图的同一套规则（``cu.load_rgb_image``）转成 RGB。"""
+    """接受图片路径或 PIL 图片，按数据集读图的同一套规则（``load_rgb_image``）转成 RGB。"""
     import io
 
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
             raise FileNotFoundError(f"找不到图片 {image}。检查路径是否写对（相对路径以笔记本所在目录为起点）。")
-        return _course().load_rgb_image(image)
+        return load_rgb_image(image)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")  # 无损地交给同一个读图函数：透明背景、灰度等的处理与测试集完全相同
     buffer.seek(0)
-    return _course().load_rgb_image(buffer)
+    return load_rgb_image(buffer)
 
 
 def predict_image(model, image, transform, class_names, device, k: int = 3) -> "pd.DataFrame":
@@ -320,12 +333,12 @@ def plot_topk(topk: "pd.DataFrame", title: str = "模型的前几名预测"):
 
 
 def show_model_input(image, transform, mean, std):
-    """左边是原图，右边是经过评估预处理（缩放、中心裁剪、标准化后再还原颜色）真正送进模型的图。"""
+    """左边是原图，右边是经过评估预处理（缩放、中心裁剪、归一化后再还原颜色）真正送进模型的图。"""
     import matplotlib.pyplot as plt
 
     original = _open_rgb(image)
-    tensor = transform(original)  # (通道数, 高, 宽)，已标准化
-    shown = _course().denormalize(tensor, mean, std)  # 还原颜色，取值 0–1
+    tensor = transform(original)  # (通道数, 高, 宽)，已归一化
+    shown = denormalize(tensor, mean, std)  # 还原颜色，取值 0–1
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.6))
     left.imshow(original)
     left.set_title(f"原图（{original.width}×{original.height}）")
@@ -342,92 +355,23 @@ def example_image(settings) -> Path:
 
     数据集不存在时会按档位准备（demo / smoke 档位当场生成，不需要下载）。
     """
-    root = Path(_course().prepare_dataset(settings))
-    test_images = [path for split, _, path in _course().list_image_files(root) if split == "val"]
+    root = Path(prepare_dataset(settings))
+    test_images = [path for split, _, path in list_image_files(root) if split == "val"]
     if not test_images:
-        raise FileNotFoundError(f"{root / 'val'} 里没有图片。删除这个数据集目录后重新运行，让课程重新准备数据。")
+        raise FileNotFoundError(
+            f"{display_path(root / 'val')} 里没有图片。删除这个数据集目录后重新运行，让课程重新准备数据。"
+        )
     return test_images[0]
 
 
 # ---------------------------------------------------------------- 检查点（05、07 用）
 
 
-def strategy_label(strategy: str) -> str:
-    """策略的中文名加英文代号，例如“微调全部层（finetune）”（表格和图例用）。"""
-    names = _course().STRATEGY_NAMES
-    return f"{names[strategy]}（{strategy}）" if strategy in names else str(strategy)
-
-
-class StrategyRunFailed(RuntimeError):
-    """用 papermill 执行训练笔记本 04 时出错。"""
-
-
-@contextmanager
-def _headless():
-    """临时设置 COURSE_HEADLESS=1：子笔记本的内核继承它，改用文字进度条。"""
-    old = os.environ.get(HEADLESS_ENV_VAR)
-    os.environ[HEADLESS_ENV_VAR] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(HEADLESS_ENV_VAR, None)
-        else:
-            os.environ[HEADLESS_ENV_VAR] = old
-
-
-def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebook=None) -> Path:
-    """用 papermill 执行一次训练笔记本，副本写到 ``outputs/<档位>/notebooks/04_train_<策略>.ipynb``。"""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    notebook = Path(notebook or paths.NOTEBOOKS_DIR / "04_train.ipynb")
-    output = paths.output_dir(profile, "notebooks") / f"{notebook.stem}_{strategy}.ipynb"
-    with _headless():
-        try:
-            pm.execute_notebook(
-                str(notebook), str(output), parameters={**parameters, "PROFILE": profile, "STRATEGY": strategy},
-                cwd=str(notebook.parent), kernel_name="python3", progress_bar=False,
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # 子内核的启动日志不混进本笔记本的输出
-            )
-        except PapermillExecutionError as exc:
-            raise StrategyRunFailed(
-                f"训练笔记本 {notebook.name}（STRATEGY = {strategy!r}）出错：{exc.ename}: {exc.evalue}\n"
-                f"执行到出错处的副本在 {output}，打开它查看出错的单元格。"
-            ) from exc
-    return output
-
-
-def ensure_checkpoint(profile: str, strategy: str, run_missing: bool | None = None, notebook=None) -> Path:
-    """返回 04 训练出的最优检查点路径；还没有时按档位处理。
-
-    参数：
-        run_missing：找不到检查点时是否当场用 papermill 运行 04 来训练一个。
-            None 表示只在 demo / smoke 档位这样做（几秒到几分钟）；full / quick 档位训练较久，
-            直接报错，提示先运行 04。
-        notebook：训练笔记本（默认 notebooks/04_train.ipynb；测试时换成小笔记本）。
-    """
-    path = Path(_course().checkpoint_path(profile, strategy, kind="best"))
-    if path.exists():
-        return path
-    if run_missing is None:
-        run_missing = profile in ("demo", "smoke")
-    if not run_missing:
-        raise _course().CheckpointNotFound(
-            f"还没有 {profile} 档位、{strategy} 策略的检查点（{path}）。"
-            f"先运行 04_train.ipynb（parameters 单元格里设 PROFILE = {profile!r}、STRATEGY = {strategy!r}），"
-            f"或执行 python -m course_utils run --profile {profile} --only 04 -p STRATEGY={strategy}"
-        )
-    print(f"还没有 {strategy} 策略的检查点：现在用 papermill 运行 04_train.ipynb（{profile} 档位）来训练一个……")
-    executed = _run_training_notebook(profile, strategy, {}, notebook)
-    print(f"训练完成，执行过的笔记本在 {executed}")
-    return path
-
-
 def checkpoint_summary(meta: dict) -> "pd.DataFrame":
     """把检查点元数据整理成“项目 / 取值”两列的小表：模型从哪里来、用什么数据训练、效果如何。"""
     import pandas as pd
 
+    best_val_acc = meta.get("best_val_acc")
     rows = {
         "模型结构": meta.get("arch"),
         "迁移策略": strategy_label(meta.get("strategy")),
@@ -436,139 +380,23 @@ def checkpoint_summary(meta: dict) -> "pd.DataFrame":
         "输入边长（像素）": meta.get("image_size"),
         "评估时缩放到": meta.get("resize_size"),
         "最佳轮次": meta.get("best_epoch"),
-        "最佳验证准确率": meta.get("best_val_acc"),
+        "最佳验证准确率": f"{best_val_acc:.1%}" if best_val_acc is not None else None,
         "初始权重": meta.get("weights_note") or meta.get("weights") or "随机初始化",
     }
     return pd.DataFrame({"取值": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="项目"))
 
 
-# ---------------------------------------------------------------- 三种策略对比（06 用）
+def predict_test_set(settings, strategy: str, device) -> tuple[Predictions, list[str]]:
+    """05 第 2–4 节的合并版：加载某个策略的最优检查点，在测试集上预测一次。
 
-# 判断“已有结果可以复用”时必须相同的设置：同样的数据、种子、轮数、图片尺寸和训练超参数
-SAME_RUN_KEYS = (
-    "dataset", "per_class_limit", "val_fraction", "seed", "epochs", "max_batches",
-    "image_size", "resize_size", "batch_size", "lr", "strategy", "arch", "feature_cache",
-)
-
-
-def _load_metrics(profile: str, strategy: str) -> dict | None:
-    path = Path(_course().metrics_path(profile, strategy))
-    return _course().read_metrics(path) if path.exists() else None
-
-
-def _finished_run_matches(profile: str, strategy: str, parameters: dict) -> bool:
-    """已有的指标 JSON 是否正是按这组参数训练出来的（设置逐项相同）。"""
-    from .config import resolve_settings
-
-    metrics = _load_metrics(profile, strategy)
-    if metrics is None:
-        return False
-    stored = metrics.get("settings", {})
-    lowered = {key.lower(): value for key, value in parameters.items()}
-    requested = resolve_settings(profile, **lowered, strategy=strategy)
-    expected = _course().with_training_defaults(requested).to_dict()  # 与 04 补全默认值的方式相同
-    keys = set(SAME_RUN_KEYS) | set(lowered)
-    return all(stored.get(key) == expected.get(key) for key in keys)
-
-
-def run_strategies(profile: str, strategies=("freeze", "finetune", "scratch"), parameters: dict | None = None,
-                   force: bool = False, notebook=None) -> "pd.DataFrame":
-    """在完全相同的条件下，用 papermill 为每种策略各执行一次训练笔记本 04，返回对比表。
-
-    参数：
-        parameters：传给 04 的其余参数（如 ``{"EPOCHS": 3}``），值为 None 的项用档位默认值。
-        force：True 时一律重新训练；否则已有指标 JSON 且设置与这次相同时直接复用。
-        notebook：训练笔记本路径（默认 notebooks/04_train.ipynb；测试时换成小笔记本）。
+    检查点不存在时按 ``ensure_checkpoint`` 的规则处理（demo / smoke 档位当场训练）；
+    预处理的尺寸取自检查点，类别必须与训练时一致。
     返回：
-        ``strategy_comparison`` 的表，多一列“来源”（复用 / 本次训练）。
+        (Predictions, 类名列表)。
     """
-    parameters = {k: v for k, v in (parameters or {}).items()
-                  if v is not None and k.upper() not in ("PROFILE", "STRATEGY")}
-    sources = {}
-    bar = progress_bar(list(strategies), desc="三种策略", unit="个")
-    for strategy in bar:
-        bar.set_postfix_str(strategy)  # 进度条上显示正在处理哪种策略
-        if not force and _finished_run_matches(profile, strategy, parameters):
-            sources[strategy] = "复用已有结果"
-        else:
-            _run_training_notebook(profile, strategy, parameters, notebook)
-            sources[strategy] = "本次训练"
-    table = strategy_comparison(profile, strategies)
-    table.insert(0, "来源", [sources[s] for s in strategies])
-    return table
-
-
-def _all_metrics(profile: str, strategies) -> dict:
-    found = {s: _load_metrics(profile, s) for s in strategies}
-    missing = [s for s, m in found.items() if m is None]
-    if missing:
-        raise FileNotFoundError(
-            f"{profile} 档位还没有这些策略的训练结果：{', '.join(missing)}。"
-            "先运行 06_compare.ipynb 的训练单元格（cu.run_strategies），或分别运行 04_train.ipynb。"
-        )
-    return found
-
-
-def strategy_comparison(profile: str, strategies=("freeze", "finetune", "scratch")) -> "pd.DataFrame":
-    """读取各策略的指标 JSON，整理成一张对比表（每行一种策略）。"""
-    import pandas as pd
-
-    rows = []
-    for strategy, m in _all_metrics(profile, strategies).items():
-        rows.append({
-            "策略": strategy_label(strategy),
-            "测试集准确率": m.get("test_acc"),
-            "最佳验证准确率": m.get("best_val_acc"),
-            "最佳轮次": m.get("best_epoch"),
-            "轮数": m.get("epochs"),
-            "可训练参数": m.get("trainable_params"),
-            "总参数": m.get("total_params"),
-            "每轮用时（秒）": m.get("seconds_per_epoch"),
-            "总用时（秒）": m.get("seconds_total"),
-            "初始权重": m.get("weights") or "随机初始化",
-            "特征缓存": "是" if m.get("feature_cache") else "否",
-            "设备": m.get("device"),
-        })
-    return pd.DataFrame(rows).set_index("策略")
-
-
-def comparison_caveats(profile: str, strategies=("freeze", "finetune", "scratch")) -> list[str]:
-    """读对比表之前要知道的事：用的是不是真实数据、是不是 ImageNet 预训练权重。"""
-    notes = []
-    metrics = _all_metrics(profile, strategies)
-    if profile in ("demo", "smoke"):
-        notes.append(f"这次用的是课程生成的 {profile} 数据集，不是 fruit30：数字只用来演示流程，不代表真实效果。")
-    random_start = [s for s, m in metrics.items() if s != "scratch" and not m.get("weights")]
-    if random_start:
-        notes.append(
-            f"{', '.join(random_start)} 这次没有用 ImageNet 预训练权重（随机初始化），"
-            "它们和 scratch 的差别不能说明迁移学习的作用。联网或准备好权重文件后用 demo / quick 档位重跑。"
-        )
-    for strategy, m in metrics.items():
-        if m.get("weights") and m.get("weights_note"):  # 用上了预训练权重：说明来源
-            notes.append(f"{strategy}：{m['weights_note']}")
-    return notes
-
-
-def plot_strategy_curves(profile: str, strategies=("freeze", "finetune", "scratch")):
-    """三种策略的学习曲线：左图为每轮的验证集准确率，右图为训练损失（虚线）与验证损失（实线）。"""
-    import matplotlib.pyplot as plt
-
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    all_epochs = set()
-    for strategy, m in _all_metrics(profile, strategies).items():
-        history = m.get("history") or []
-        epochs = [h["epoch"] for h in history]
-        all_epochs.update(epochs)
-        label = strategy_label(strategy)
-        line, = acc_ax.plot(epochs, [h["val_acc"] for h in history], marker="o", label=label)
-        loss_ax.plot(epochs, [h["val_loss"] for h in history], marker="o", color=line.get_color(), label=label)
-        loss_ax.plot(epochs, [h["train_loss"] for h in history], linestyle="--", color=line.get_color())
-    acc_ax.set(title="验证集准确率", xlabel="轮（epoch）", ylabel="准确率", ylim=(0, 1.02))
-    loss_ax.set(title="损失（实线：验证集，虚线：训练集）", xlabel="轮（epoch）", ylabel="交叉熵损失")
-    for ax in (acc_ax, loss_ax):
-        ax.legend()
-        if len(all_epochs) <= 25:  # 轮数不多时每一轮都标出来（轮数只有整数）
-            ax.set_xticks(sorted(all_epochs))
-    fig.tight_layout()
-    return fig
+    model, meta = load_checkpoint(ensure_checkpoint(settings.profile, strategy), device=device)
+    eval_settings = settings.replace(image_size=meta["image_size"], resize_size=meta["resize_size"])
+    splits = make_datasets(eval_settings, prepare_dataset(eval_settings))
+    class_names = check_class_names(meta, splits.class_names)
+    test_loader = make_loaders(splits, eval_settings, device).test
+    return predict(model, test_loader, device), class_names

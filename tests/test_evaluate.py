@@ -90,10 +90,24 @@ def test_confusion_matrix_figure_shows_the_counts_with_chinese_labels():
     assert shown.tolist() == COUNTS
     assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
     assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
-    assert sorted(t.get_text() for t in ax.texts) == sorted(str(c) for row in COUNTS for c in row)
+    written = [t.get_text() for t in ax.texts]
+    assert sorted(t for t in written if t) == sorted(str(c) for row in COUNTS for c in row if c)  # 0 的格子留空
+    assert written.count("") == sum(c == 0 for row in COUNTS for c in row)
     plt.close(fig)
     fig = cu.plot_confusion_matrix(LABELS, PREDS, CLASSES, normalize=True)
-    assert "25%" in [t.get_text() for t in fig.axes[0].texts]  # 苹果被认成香蕉：1/4
+    written = [t.get_text() for t in fig.axes[0].texts]
+    assert written[:4] == ["50%", "25%", "25%", ""]  # 苹果：对 2/4，认成香蕉、橙子各 1/4，从没认成葡萄
+    assert "0%" not in written
+    plt.close(fig)
+
+
+def test_normalised_confusion_matrix_marks_tiny_but_nonzero_shares():
+    import matplotlib.pyplot as plt
+
+    labels = [0] * 201 + [1]
+    preds = [0] * 200 + [1, 1]  # 201 张“甲”里只有 1 张被认成“乙”：0.5%，四舍五入会显示成 0%
+    fig = cu.plot_confusion_matrix(labels, preds, ["甲", "乙"], normalize=True)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["100%", "<1%", "", "100%"]
     plt.close(fig)
 
 
@@ -216,10 +230,20 @@ def test_save_predictions_csv_round_trips_with_chinese_names(tiny, tmp_path):
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")  # 带 BOM，Excel 认得出 UTF-8
     table = pd.read_csv(path, encoding="utf-8-sig")
     assert table.columns.tolist()[:5] == ["图片", "真实类别", "预测类别", "置信度", "是否正确"]
+    assert table["图片"].tolist() == result.paths  # 仓库外的图片：完整路径
     assert table["真实类别"].tolist() == [dataset.classes[i] for i in result.labels]
     assert table["预测类别"].tolist() == [dataset.classes[i] for i in result.preds]
     np.testing.assert_allclose(table["概率-蓝莓"], result.probs[:, dataset.classes.index("蓝莓")], rtol=1e-6)
     assert table["是否正确"].sum() == (result.preds == result.labels).sum()
+
+
+def test_predictions_csv_shows_repository_images_without_the_machine_path(tmp_path):
+    from course_utils.paths import REPO_ROOT
+
+    image = REPO_ROOT / "data" / "demo" / "val" / "柠檬" / "0001.jpg"
+    result = cu.Predictions(np.array([[0.8, 0.2]]), np.array([0]), np.array([0]), [str(image)])
+    table = pd.read_csv(cu.save_predictions_csv(result, ["柠檬", "芒果"], tmp_path / "p.csv"), encoding="utf-8-sig")
+    assert table["图片"].tolist() == ["data/demo/val/柠檬/0001.jpg"]
 
 
 def test_show_misclassified_shows_the_most_confident_mistakes_first(tmp_path):
@@ -270,135 +294,7 @@ def test_checkpoint_summary_is_honest_about_random_weights():
     table = cu.checkpoint_summary(meta)
     assert table.loc["初始权重", "取值"] == "随机初始化"
     assert table.loc["迁移策略", "取值"] == "从头训练（scratch）"
-
-
-# ---------------------------------------------------------------- 检查点与三种策略的编排（用小笔记本代替 04）
-
-FAKE_TRAIN = """
-import json, pathlib
-import course_utils as cu
-
-if STRATEGY == "broken":
-    raise RuntimeError("故意出错")
-settings = cu.with_training_defaults(cu.resolve_settings(PROFILE, epochs=EPOCHS, strategy=STRATEGY))  # 与 04 相同
-log = cu.output_dir(settings.profile) / "runs.log"
-log.write_text(log.read_text() + STRATEGY + "\\n" if log.exists() else STRATEGY + "\\n")
-acc = {"freeze": 0.8, "finetune": 0.9, "scratch": 0.3}[STRATEGY]
-history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": acc, "val_loss": 1.2 / e, "val_acc": acc * e / settings.epochs,
-            "lr": 0.001, "seconds": 2.0} for e in range(1, settings.epochs + 1)]
-cu.write_metrics(cu.metrics_path(settings.profile, STRATEGY), {
-    "strategy": STRATEGY, "profile": settings.profile, "weights": None if STRATEGY == "scratch" else "IMAGENET1K_V1",
-    "weights_note": "", "epochs": settings.epochs, "best_epoch": settings.epochs, "best_val_acc": acc,
-    "test_acc": acc - 0.05, "trainable_params": 100 if STRATEGY == "freeze" else 1000, "total_params": 1000,
-    "seconds_total": 2.0 * settings.epochs, "seconds_per_epoch": 2.0, "device": "cpu",
-    "history": history, "settings": settings.to_dict()})
-cu.checkpoint_path(settings.profile, STRATEGY).write_bytes(b"checkpoint")
-"""
-
-
-@pytest.fixture
-def fake_train(tmp_path, monkeypatch):
-    """一个像 04 那样写指标 JSON 和检查点的小笔记本；输出目录换到临时目录（子内核继承环境变量）。"""
-    import nbformat
-
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path / "outputs"))
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('PROFILE = None\nSTRATEGY = "freeze"\nEPOCHS = None')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(FAKE_TRAIN)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "04_fake.ipynb"
-    nbformat.write(nb, path)
-    return path
-
-
-def _runs(tmp_path):
-    log = tmp_path / "outputs" / "smoke" / "runs.log"
-    return log.read_text().split() if log.exists() else []
-
-
-def test_run_strategies_trains_each_strategy_once_then_reuses_matching_runs(fake_train, tmp_path, capfd):
-    table = cu.run_strategies("smoke", ["freeze", "scratch"], {"EPOCHS": None}, notebook=fake_train)
-    assert _runs(tmp_path) == ["freeze", "scratch"]
-    assert "Kernel is running" not in capfd.readouterr().err  # 子内核的启动日志不会混进笔记本输出
-    assert table["来源"].tolist() == ["本次训练", "本次训练"]
-    assert list(table.index) == ["冻结主干，只训练分类头（freeze）", "从头训练（scratch）"]
-    assert table["测试集准确率"].tolist() == pytest.approx([0.75, 0.25])
-    assert table["可训练参数"].tolist() == [100, 1000]
-    assert table["初始权重"].tolist() == ["IMAGENET1K_V1", "随机初始化"]
-    executed = tmp_path / "outputs" / "smoke" / "notebooks"
-    assert (executed / "04_fake_freeze.ipynb").exists() and (executed / "04_fake_scratch.ipynb").exists()
-
-    again = cu.run_strategies("smoke", ["freeze", "scratch"], {"EPOCHS": None}, notebook=fake_train)
-    assert _runs(tmp_path) == ["freeze", "scratch"]  # 设置相同：不再训练
-    assert again["来源"].tolist() == ["复用已有结果", "复用已有结果"]
-
-    longer = cu.run_strategies("smoke", ["freeze"], {"EPOCHS": 2}, notebook=fake_train)
-    assert _runs(tmp_path) == ["freeze", "scratch", "freeze"]  # 轮数不同：重新训练
-    assert longer["轮数"].tolist() == [2] and longer["来源"].tolist() == ["本次训练"]
-
-
-def test_run_strategies_names_the_failing_strategy_and_the_executed_copy(fake_train):
-    with pytest.raises(cu.StrategyRunFailed, match="STRATEGY = 'broken'.*故意出错(.|\\n)*04_fake_broken.ipynb"):
-        cu.run_strategies("smoke", ["broken"], notebook=fake_train)
-
-
-def test_ensure_checkpoint_trains_only_where_it_is_cheap(fake_train, tmp_path):
-    with pytest.raises(FileNotFoundError, match="先运行 04_train.ipynb.*--only 04 -p STRATEGY=finetune"):
-        cu.ensure_checkpoint("full", "finetune", notebook=fake_train)  # full 档位训练很久：只提示
-    assert _runs(tmp_path) == []
-    path = cu.ensure_checkpoint("smoke", "finetune", notebook=fake_train)
-    assert path == cu.checkpoint_path("smoke", "finetune") and path.exists()
-    assert cu.ensure_checkpoint("smoke", "finetune", notebook=fake_train) == path
-    assert _runs(tmp_path) == ["finetune"]  # 已经有了就不再训练
-
-
-def _write_fake_metrics(profile, strategies, weights):
-    for s in strategies:
-        history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.5 / e, "val_acc": 0.2 * e} for e in (1, 2, 3)]
-        cu.write_metrics(cu.metrics_path(profile, s), {"strategy": s, "weights": weights, "weights_note": "说明",
-                                                       "history": history, "test_acc": 0.5})
-
-
-def test_strategy_curves_have_one_line_per_strategy(tmp_path, monkeypatch):
-    import matplotlib.pyplot as plt
-
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    _write_fake_metrics("demo", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
-    fig = cu.plot_strategy_curves("demo")
-    acc_ax, loss_ax = fig.axes
-    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == [
-        "冻结主干，只训练分类头（freeze）", "微调全部层（finetune）", "从头训练（scratch）"]
-    assert [list(line.get_ydata()) for line in acc_ax.lines][0] == pytest.approx([0.2, 0.4, 0.6])
-    assert len(loss_ax.lines) == 6  # 每种策略一条验证损失、一条训练损失
-    assert list(acc_ax.get_xticks()) == [1, 2, 3]  # 轮数是整数
-    plt.close(fig)
-    with pytest.raises(FileNotFoundError, match="还没有这些策略的训练结果：missing"):
-        cu.strategy_comparison("demo", ["freeze", "missing"])
-
-
-def test_comparison_caveats_say_when_data_or_weights_are_not_the_real_thing(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    _write_fake_metrics("demo", ["freeze", "finetune", "scratch"], None)
-    notes = "\n".join(cu.comparison_caveats("demo"))
-    assert "不是 fruit30" in notes
-    assert "freeze, finetune 这次没有用 ImageNet 预训练权重" in notes
-    _write_fake_metrics("quick", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
-    assert not any("fruit30" in n or "没有用" in n for n in cu.comparison_caveats("quick"))
-
-
-def test_reuse_check_fills_in_defaults_like_notebook_04(tmp_path, monkeypatch):
-    """只改 IMAGE_SIZE 时 04 会同步缩放 resize_size：复用判断要按同样的规则补全，才认得出已有结果。"""
-    from course_utils.evaluate import _finished_run_matches
-
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    trained = cu.with_training_defaults(cu.resolve_settings("demo", image_size=64, strategy="freeze"))
-    assert trained.resize_size != cu.resolve_settings("demo").resize_size
-    cu.write_metrics(cu.metrics_path("demo", "freeze"), {"settings": trained.to_dict()})
-    assert _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 64})
-    assert not _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 96})
-    assert not _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 64, "FEATURE_CACHE": False})
-    assert not _finished_run_matches("demo", "finetune", {"IMAGE_SIZE": 64})  # 没有结果
+    assert table.loc["最佳验证准确率", "取值"] == "50.0%"
 
 
 def test_example_image_is_the_first_test_image_generated_on_demand(tmp_path, monkeypatch):
@@ -408,3 +304,22 @@ def test_example_image_is_the_first_test_image_generated_on_demand(tmp_path, mon
     assert test_dir.name == "val" and tmp_path in path.parents
     assert path.parent == sorted(p for p in test_dir.iterdir() if p.is_dir())[0]
     assert path == sorted(path.parent.iterdir())[0]
+
+
+def test_predict_test_set_loads_the_checkpoint_and_scores_the_test_folder(tmp_path, monkeypatch):
+    """05 的几步合在一起：检查点里的尺寸决定预处理，结果与手动 predict 一致，顺序与 val/ 相同。"""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path / "outputs"))
+    settings = cu.resolve_settings("smoke")
+    splits = cu.make_datasets(settings, cu.prepare_dataset(settings))
+    torch.manual_seed(0)
+    model = cu.build_model("resnet18", num_classes=len(splits.class_names), strategy="freeze", weights=None)
+    meta = {**cu.training_meta(settings.replace(image_size=24, resize_size=28), splits.class_names),
+            "arch": "resnet18", "strategy": "freeze", "num_classes": len(splits.class_names)}
+    cu.save_checkpoint(cu.checkpoint_path("smoke", "freeze"), model, meta)
+
+    result, class_names = cu.predict_test_set(settings, "freeze", torch.device("cpu"))
+    assert class_names == splits.class_names
+    assert result.paths == [str(path) for path, _ in splits.test_ds.samples]
+    first = cu.predict_image(model.eval(), result.paths[0], cu.build_eval_transform(24, 28), class_names, "cpu", k=1)
+    assert first["概率"].iloc[0] == pytest.approx(result.probs[0].max(), rel=1e-4)  # 尺寸取自检查点（24），不是档位的 32
