@@ -3,8 +3,12 @@
 - 用 nbconvert 的 HTMLExporter（lab 模板）转换，图表以 base64 嵌在页面里（照片多的大图改存 JPEG）；
 - 中文用课程自带的字体显示，与看讲义的电脑装了什么字体无关：每页嵌入一份只含本页字符的
   WOFF2 子集字体（fontTools 生成），一页通常只多几百 KB，单个文件就能拷走、发邮件、离线打开；
-- 无人值守执行留下的进度条中间帧（``\\r``）被合并掉，只留最后一帧；
-- ``index.html`` 按编号列出全部页面和标题；
+- 无人值守执行留下的进度条中间帧（``\\r``）被合并掉，只留最后一帧；只含进度条的 stderr 输出
+  按普通文字显示（不是出错的粉色底）；输出里本机的仓库路径写成相对路径，家目录写成 ``~``；
+- ``index.html`` 按编号列出课程各节，再列出“附：训练记录”（06 用 papermill 执行 04 的副本，
+  见 ``compare.RECORD_METADATA_KEY``）和参考答案；
+- 这次运行的 freeze / finetune 没有用上预训练权重时（smoke 档位除外），目录页和用到训练结果的页面
+  顶部有一条醒目的提示：这些数字不能说明迁移学习的效果；
 - 学生版（``student=True``，写到 ``handouts/student/``）去掉参考答案：打了 ``solution`` 标签的
   单元格，以及执行过的参考答案笔记本（``outputs/<档位>/notebooks/solutions/``，只放进教师版）。
 
@@ -29,11 +33,24 @@ __all__ = ["build_handouts", "SOLUTION_TAG", "HANDOUT_FONT_FAMILY"]
 
 SOLUTION_TAG = "solution"  # 打了这个标签的单元格只出现在教师版讲义里
 HANDOUT_FONT_FAMILY = "CourseSans"  # 讲义里 @font-face 的字体名
-LINK_PATTERN = re.compile(r'href="(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?"')
+# 笔记本之间的链接：同目录（05_evaluate.ipynb）、参考答案（solutions/05_…）、参考答案回到正文（../05_…）
+LINK_PATTERN = re.compile(r'href="(\.\./|solutions/)?(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?"')
 MATH_PATTERN = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 FONT_PLACEHOLDER = "/*COURSE-HANDOUT-FONT*/"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 PHOTO_PNG_BYTES = 300_000  # base64 长度超过它的 PNG 才考虑换成 JPEG
+# tqdm 文字进度条的一行：“描述: 100%|####| 4/4 [00:02<00:00, …]”
+PROGRESS_LINE = re.compile(r"^(?P<desc>.*?):?\s*\d{1,3}%\|[^|]*\|\s*(?P<count>\S+/\S+)\s")
+# 用到训练结果（训练、加载检查点、对比策略）的代码：这些页面在没用上预训练权重时要加提示
+MODEL_CALLS = ("cu.fit(", "cu.load_checkpoint(", "cu.ensure_checkpoint(", "cu.run_strategies(",
+               "cu.strategy_comparison(", "cu.predict_test_set(")
+PAGE_KINDS = ("lesson", "record", "solution")  # 课程各节、训练记录、参考答案（目录页按这个顺序分组）
+
+# 没用上预训练权重时的提示框（目录页和正文页共用；打印时也保留）
+BANNER_CSS = """
+div.course-banner { margin: 0 1em 1em; padding: 0.7em 1em; background: #fff4ce; border-left: 5px solid #d49b00;
+  color: #3d2f00; line-height: 1.6; font-family: var(--jp-content-font-family, sans-serif); }
+"""
 
 # 讲义模板：在 nbconvert 的 lab 模板上去掉用不到的外部脚本，加上课程字体和页面导航
 TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
@@ -50,11 +67,13 @@ nav.course-nav { display: flex; gap: 1.5em; padding: 0.6em 1em; margin-bottom: 1
   border-bottom: 1px solid #ddd; font-family: var(--jp-ui-font-family); font-size: 14px; }
 nav.course-nav a { text-decoration: none; }
 @media print { nav.course-nav { display: none; } }
+""" + "{% raw %}" + BANNER_CSS + "{% endraw %}" + r"""
 </style>
 {%- endblock html_head_css -%}
 {%- block body_header -%}
 {{ super() }}
 {{ resources.course_nav }}
+{{ resources.course_banner }}
 {%- endblock body_header -%}
 {%- block data_png scoped -%}{{ super() | replace("<img ", '<img alt="代码单元格输出的图" ') }}{%- endblock data_png -%}
 {%- block data_jpg scoped -%}{{ super() | replace("<img ", '<img alt="代码单元格输出的图" ') }}{%- endblock data_jpg -%}
@@ -64,12 +83,14 @@ nav.course-nav a { text-decoration: none; }
 
 @dataclass
 class Page:
-    """讲义里的一页：源笔记本、输出文件名、标题、一句话说明。"""
+    """讲义里的一页：源笔记本、输出文件名、标题、一句话说明、种类（PAGE_KINDS 之一）、是否用到训练结果。"""
 
     source: Path
     file_name: str
     title: str
     purpose: str
+    kind: str = "lesson"
+    uses_models: bool = False
 
 
 # ---------------------------------------------------------------- 找笔记本、取标题
@@ -95,7 +116,22 @@ def _injected_parameters(nb) -> dict:
     return values
 
 
-def _describe(path: Path, nb) -> Page:
+def _page_kind(path: Path, nb, lesson_stems: set[str]) -> str:
+    """参考答案、训练记录，还是课程的一节。
+
+    训练记录是 06 用 papermill 执行 04 得到的副本（``04_train_<策略>.ipynb``）：副本里有
+    ``compare.RECORD_METADATA_KEY`` 标记；没有标记的旧副本按文件名认（某一节的文件名加 “_后缀”）。
+    """
+    from .compare import RECORD_METADATA_KEY
+
+    if path.parent.name == "solutions":
+        return "solution"
+    if RECORD_METADATA_KEY in nb.metadata or any(path.stem.startswith(f"{stem}_") for stem in lesson_stems):
+        return "record"
+    return "lesson"
+
+
+def _describe(path: Path, nb, lesson_stems: set[str]) -> Page:
     """从第一个 Markdown 单元格取标题（“# NN 标题”）和一句话说明（“> …”）。"""
     first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
     heading = next((line for line in first.splitlines() if line.startswith("# ")), f"# {path.stem}")
@@ -104,8 +140,25 @@ def _describe(path: Path, nb) -> Page:
     params = _injected_parameters(nb)
     if params:
         title += "（" + "，".join(f"{k} = {v}" for k, v in params.items()) + "）"
-    file_name = ("solutions-" if path.parent.name == "solutions" else "") + path.stem + ".html"
-    return Page(path, file_name, title, purpose)
+    kind = _page_kind(path, nb, lesson_stems)
+    if kind == "record":
+        purpose = "用 papermill 执行的一次训练，保留了全部输出（06 的对比表和曲线来自这样的训练）。"
+    file_name = ("solutions-" if kind == "solution" else "") + path.stem + ".html"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    return Page(path, file_name, title, purpose, kind, any(call in code for call in MODEL_CALLS))
+
+
+def _pages(notebooks: list[Path]) -> list[Page]:
+    """每个执行过的笔记本一页，按 课程各节 -> 训练记录 -> 参考答案 排好（组内按文件名）。"""
+    import nbformat
+
+    lesson_stems = {p.stem for p in paths.NOTEBOOKS_DIR.glob("*.ipynb") if NOTEBOOK_PATTERN.match(p.name)}
+    lesson_stems |= {p.stem for p in notebooks if p.parent.name != "solutions"}
+    pages = []
+    for path in notebooks:
+        stems = lesson_stems - {path.stem}
+        pages.append(_describe(path, nbformat.read(path, as_version=4), stems))
+    return sorted(pages, key=lambda page: (PAGE_KINDS.index(page.kind), page.file_name))
 
 
 # ---------------------------------------------------------------- 转换
@@ -125,9 +178,49 @@ def _exporter(student: bool):
     remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG} if student else set(), enabled=True)
     exporter.register_preprocessor(remove, enabled=True)
     exporter.register_preprocessor(CoalesceStreamsPreprocessor(enabled=True), enabled=True)
+    exporter.register_preprocessor(_tidy_progress_bars, enabled=True)
+    exporter.register_preprocessor(_hide_machine_paths, enabled=True)
     exporter.register_preprocessor(_drop_widget_placeholders, enabled=True)
     exporter.register_preprocessor(_shrink_photos, enabled=True)
     return exporter
+
+
+def _tidy_progress_bars(nb, resources):
+    """进度条的收尾：同一个进度条紧挨着的几帧只留最后一帧（tqdm 结束时会把最后一帧再打印一次）；
+    只含进度条的 stderr 输出改成普通文字输出，讲义里不再是表示出错的粉色底。"""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") != "stream" or output.get("name") != "stderr":
+                continue
+            lines = []
+            for line in output.text.split("\n"):
+                match, previous = PROGRESS_LINE.match(line), PROGRESS_LINE.match(lines[-1]) if lines else None
+                if match and previous and match.group("desc", "count") == previous.group("desc", "count"):
+                    lines[-1] = line  # 同一个进度条的同一个进度：留后一帧
+                else:
+                    lines.append(line)
+            output.text = "\n".join(lines)
+            if all(PROGRESS_LINE.match(line) for line in lines if line.strip()):
+                output.name = "stdout"
+    return nb, resources
+
+
+def _hide_machine_paths(nb, resources):
+    """输出里本机的绝对路径：仓库里面的写成相对仓库根目录的路径，家目录写成 ~（讲义会发给别人）。"""
+    repo, home = f"{paths.REPO_ROOT.as_posix()}/", Path.home().as_posix()
+
+    def clean(text: str) -> str:
+        text = text.replace(repo, "")
+        return text.replace(home + "/", "~/") if len(home) > 1 else text
+
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                output.text = clean(output.text)
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    output.data[mime] = clean(value)
+    return nb, resources
 
 
 def _drop_widget_placeholders(nb, resources):
@@ -172,8 +265,8 @@ def _navigation(pages: list[Page], index: int) -> str:
     return '<nav class="course-nav">' + "".join(links) + "</nav>"
 
 
-def _render_page(exporter, pages: list[Page], index: int) -> str:
-    """把一个执行过的笔记本转成 HTML 字符串（字体稍后再嵌入）。"""
+def _render_page(exporter, pages: list[Page], index: int, banner: str) -> str:
+    """把一个执行过的笔记本转成 HTML 字符串（字体稍后再嵌入）；banner 只加在用到训练结果的页面上。"""
     import nbformat
 
     page = pages[index]
@@ -183,28 +276,50 @@ def _render_page(exporter, pages: list[Page], index: int) -> str:
         "metadata": {"name": page.title, "path": str(paths.NOTEBOOKS_DIR)},  # Markdown 里的相对图片路径
         "course_has_math": bool(MATH_PATTERN.search(markdown)),
         "course_nav": _navigation(pages, index),
+        "course_banner": banner if page.uses_models else "",
     }
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body
 
 
 def _link_pages(text: str, documents: dict[str, str]) -> str:
-    """笔记本之间的链接（``04_train.ipynb``）改成指向讲义里对应的页面（``04_train.html``）。"""
+    """笔记本之间的链接改成指向讲义里对应的页面：``04_train.ipynb`` -> ``04_train.html``，
+    ``solutions/05_…ipynb`` -> ``solutions-05_….html``，参考答案里的 ``../05_…ipynb`` -> ``05_….html``。
+    讲义里没有的页面（如学生版里的参考答案）保留原链接。"""
     def replace(match):
-        page = f"{match.group(1)}.html"
-        return f'href="{page}{match.group(2) or ""}"' if page in documents else match.group(0)
+        prefix, stem, anchor = match.groups()
+        page = ("solutions-" if prefix == "solutions/" else "") + f"{stem}.html"
+        return f'href="{page}{anchor or ""}"' if page in documents else match.group(0)
 
     return LINK_PATTERN.sub(replace, text)
 
 
-def _render_index(pages: list[Page], profile: str, student: bool) -> str:
-    """目录页：按顺序列出每一页的标题和一句话说明。"""
+SECTION_HEADINGS = {
+    "lesson": ("课程", ""),
+    "record": ("附：训练记录", "用 papermill 执行 04 留下的完整记录：06 对比三种策略时每种策略训练一次；"
+                              "05、07 找不到检查点时也会补训练一次。"),
+    "solution": ("练习参考答案", "只在教师版里。"),
+}
+
+
+def _render_index(pages: list[Page], profile: str, student: bool, banner: str) -> str:
+    """目录页：按 课程各节 -> 训练记录 -> 参考答案 分组，列出每一页的标题和一句话说明。"""
     edition = "学生版（不含参考答案）" if student else "教师版（含参考答案）"
-    items = "\n".join(
-        f'<li><a href="{p.file_name}">{html.escape(p.title)}</a>'
-        + (f'<p>{html.escape(p.purpose)}</p>' if p.purpose else "") + "</li>"
-        for p in pages
-    )
+    sections = []
+    for kind in PAGE_KINDS:
+        group = [p for p in pages if p.kind == kind]
+        if not group:
+            continue
+        heading, intro = SECTION_HEADINGS[kind]
+        items = "\n".join(
+            f'<li><a href="{p.file_name}">{html.escape(p.title)}</a>'
+            + (f'<p>{html.escape(p.purpose)}</p>' if p.purpose and kind != "record" else "") + "</li>"
+            for p in group
+        )
+        tag = "ol" if kind == "lesson" else "ul"
+        sections.append(f"<h2>{heading}</h2>\n" + (f'<p class="intro">{intro}</p>\n' if intro else "")
+                        + f"<{tag}>\n{items}\n</{tag}>")
+    body = "\n".join(sections)
     return f"""<!DOCTYPE html>
 <html lang="zh">
 <head>
@@ -215,19 +330,46 @@ def _render_index(pages: list[Page], profile: str, student: bool) -> str:
 <style type="text/css">
 body {{ font-family: "{HANDOUT_FONT_FAMILY}", sans-serif; max-width: 46em; margin: 2em auto; padding: 0 1em;
   line-height: 1.6; color: #222; }}
+h2 {{ margin-top: 1.6em; font-size: 1.25em; }}
 li {{ margin: 0.8em 0; font-size: 1.1em; }}
-li p {{ margin: 0.2em 0 0; font-size: 0.9em; color: #555; }}
+li p, p.intro {{ margin: 0.2em 0 0; font-size: 0.9em; color: #555; }}
+{BANNER_CSS.replace("margin: 0 1em 1em", "margin: 1em 0")}
 </style>
 </head>
 <body>
 <h1>迁移学习图像分类实战 · 讲义</h1>
 <p>运行档位：{html.escape(profile)} ｜ {edition}</p>
-<ol>
-{items}
-</ol>
+{banner}
+{body}
 </body>
 </html>
 """
+
+
+def _weights_banner(profile: str, metrics_dir: Path) -> str:
+    """这次运行需要预训练权重的策略却是随机初始化时的提示框（HTML）；都用上了权重，或者是 smoke 档位时为空。"""
+    import json
+
+    if profile == "smoke":  # smoke 档位本来就不用预训练权重，只检查流程
+        return ""
+    random_start = []
+    for path in sorted(Path(metrics_dir).glob("*.json")):
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(metrics, dict) and "weights" in metrics and metrics.get("strategy", "scratch") != "scratch" \
+                and metrics["weights"] is None:
+            random_start.append(metrics["strategy"])
+    if not random_start:
+        return ""
+    meaning = {"freeze": "freeze 只是在随机的主干网络上训练分类头", "finetune": "finetune 等同于从头训练（只是主干网络的学习率更小）"}
+    random_start.sort(key=lambda s: (list(meaning).index(s) if s in meaning else len(meaning), s))  # 按课程里的顺序
+    details = "；".join(meaning[s] for s in random_start if s in meaning)
+    return (
+        '<div class="course-banner" role="note"><strong>注意：本次运行没有用上 ImageNet 预训练权重。</strong>'
+        f"{html.escape('、'.join(random_start))} 是从随机初始化开始训练的（原因见 04 构建模型时的说明）"
+        + (f"：{html.escape(details)}" if details else "")
+        + "。所以这些页面里的准确率和三种策略的对比不能说明迁移学习的效果。"
+        f"联网或准备好权重文件后重新运行课程（python -m course_utils run --profile {html.escape(profile)}）。</div>"
+    )
 
 
 # ---------------------------------------------------------------- 字体
@@ -282,16 +424,16 @@ def _embed_fonts(documents: dict[str, str], font_path: Path) -> dict[str, str]:
 
 
 def _default_font_path() -> Path:
-    import course_utils
+    from .fonts import course_font_path
 
-    return Path(course_utils.course_font_path())
+    return Path(course_font_path())
 
 
 # ---------------------------------------------------------------- 入口
 
 
 def build_handouts(profile: str | None = None, student: bool = False, source_dir=None, out_dir=None,
-                   font_path=None) -> Path:
+                   font_path=None, metrics_dir=None) -> Path:
     """把执行过的笔记本生成 HTML 讲义，返回目录页 index.html 的路径。
 
     参数：
@@ -300,9 +442,8 @@ def build_handouts(profile: str | None = None, student: bool = False, source_dir
         source_dir：执行过的笔记本所在目录，默认 ``outputs/<档位>/notebooks/``。
         out_dir：讲义输出目录，默认 ``outputs/<档位>/handouts/``（学生版再加 ``student/``）。
         font_path：嵌入的中文字体，默认课程自带的字体（``cu.course_font_path()``）。
+        metrics_dir：训练指标 JSON 所在目录（判断有没有用上预训练权重），默认与 source_dir 同级的 ``metrics/``。
     """
-    import nbformat
-
     profile = resolve_profile(profile)
     source_dir = Path(source_dir or paths.output_dir(profile, "notebooks"))
     notebooks = _executed_notebooks(source_dir, student)
@@ -313,10 +454,11 @@ def build_handouts(profile: str | None = None, student: bool = False, source_dir
         )
     out_dir = Path(out_dir) if out_dir else paths.output_dir(profile, "handouts") / ("student" if student else "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    pages = [_describe(p, nbformat.read(p, as_version=4)) for p in notebooks]
+    pages = _pages(notebooks)
+    banner = _weights_banner(profile, Path(metrics_dir) if metrics_dir else source_dir.parent / "metrics")
     exporter = _exporter(student)
-    documents = {page.file_name: _render_page(exporter, pages, i) for i, page in enumerate(pages)}
-    documents["index.html"] = _render_index(pages, profile, student)
+    documents = {page.file_name: _render_page(exporter, pages, i, banner) for i, page in enumerate(pages)}
+    documents["index.html"] = _render_index(pages, profile, student, banner)
     documents = {name: _link_pages(text, documents) for name, text in documents.items()}
     for name, text in _embed_fonts(documents, Path(font_path or _default_font_path())).items():
         (out_dir / name).write_text(text, encoding="utf-8")

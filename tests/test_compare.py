@@ -22,8 +22,8 @@ log = cu.output_dir(settings.profile) / "runs.log"
 log.write_text((log.read_text() if log.exists() else "") + f"{STRATEGY}:{WEIGHTS}\\n")
 acc = {"freeze": 0.8, "finetune": 0.9, "scratch": 0.3}[STRATEGY]
 loaded = None if STRATEGY == "scratch" or settings.weights in (None, "missing.pth") else settings.weights
-history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": acc, "val_loss": 1.2 / e, "val_acc": acc * e / settings.epochs,
-            "lr": 0.001, "seconds": 2.0} for e in range(1, settings.epochs + 1)]
+history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": acc, "val_loss": 1.2 / e,
+            "val_acc": acc * e / settings.epochs, "lr": 0.001, "seconds": 2.0} for e in range(1, settings.epochs + 1)]
 cu.write_metrics(cu.metrics_path(settings.profile, STRATEGY), {
     "strategy": STRATEGY, "profile": settings.profile, "weights": loaded,
     "weights_note": "", "epochs": settings.epochs, "best_epoch": settings.epochs, "best_val_acc": acc,
@@ -88,7 +88,8 @@ def test_runs_that_fell_back_to_random_weights_are_not_reused(fake_train, tmp_pa
 
     def fake_metrics(strategy, weights_asked, weights_loaded):
         settings = cu.with_training_defaults(cu.resolve_settings("smoke", weights=weights_asked, strategy=strategy))
-        cu.write_metrics(cu.metrics_path("smoke", strategy), {"settings": settings.to_dict(), "weights": weights_loaded})
+        metrics = {"settings": settings.to_dict(), "weights": weights_loaded}
+        cu.write_metrics(cu.metrics_path("smoke", strategy), metrics)
 
     fake_metrics("scratch", "missing.pth", None)
     assert _finished_run_matches("smoke", "scratch", asked)  # scratch 本来就不用预训练权重

@@ -1,9 +1,12 @@
-"""HTML 讲义：目录与顺序、嵌入的子集字体覆盖页面上的每个中文字符、进度条噪声、学生版、命令行。"""
+"""HTML 讲义：目录的分组与顺序、嵌入的子集字体覆盖页面上的每个中文字符、进度条噪声、本机路径、
+没用上预训练权重时的提示、学生版、命令行。"""
 
 import base64
+import html
 import io
 import os
 import re
+import json
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -11,7 +14,7 @@ from html.parser import HTMLParser
 import nbformat
 import pytest
 from fontTools.ttLib import TTFont
-from handout_samples import SECRET, write_executed_notebook
+from handout_samples import FIGURE_PATH, SECRET, WARNING, write_executed_notebook
 
 import course_utils as cu
 from course_utils.handouts import HANDOUT_FONT_FAMILY, build_handouts
@@ -50,26 +53,35 @@ def embedded_font(page: str) -> TTFont:
 
 @pytest.fixture
 def executed(tmp_path):
-    """一个 outputs/<档位>/notebooks/ 的样子：三个课程笔记本（其中一个是 04 的某次策略运行）和一份参考答案。"""
+    """一个 outputs/<档位>/notebooks/ 的样子：两节课、06 执行 04 留下的两份训练记录（一份有标记，
+    一份是没有标记的旧副本）和一份参考答案。"""
     source = tmp_path / "notebooks"
-    write_executed_notebook(source / "05_evaluate.ipynb")
+    write_executed_notebook(source / "05_evaluate.ipynb", uses_model=True)
     write_executed_notebook(source / "00_setup.ipynb", title="00 环境配置与中文字体", purpose="检查环境。")
+    write_executed_notebook(source / "04_train_scratch.ipynb", title="04 三种迁移学习策略", purpose="训练。",
+                            injected={"PROFILE": "smoke", "STRATEGY": "scratch"}, record="scratch")
     write_executed_notebook(source / "04_train_finetune.ipynb", title="04 三种迁移学习策略", purpose="训练。",
-                            injected={"PROFILE": "smoke", "STRATEGY": "finetune"})
-    write_executed_notebook(source / "solutions" / "05_evaluate.ipynb", title="05 模型评估 · 参考答案")
+                            injected={"PROFILE": "smoke", "STRATEGY": "finetune"})  # 按文件名认出是记录
+    write_executed_notebook(source / "solutions" / "05_evaluate_solutions.ipynb", title="05 练习参考答案：模型评估")
     (source / "Untitled.ipynb").write_text("不是课程笔记本", encoding="utf-8")  # 不符合命名的文件被忽略
     return source
 
 
-def test_index_lists_every_page_in_order_with_its_title(executed, tmp_path):
+def test_index_groups_lessons_training_records_and_solutions(executed, tmp_path):
     index = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "out")
-    links = re.findall(r'<li><a href="([^"]+)">([^<]+)</a>', index.read_text(encoding="utf-8"))
+    listing = index.read_text(encoding="utf-8")
+    links = re.findall(r'<li><a href="([^"]+)">([^<]+)</a>', listing)
     assert links == [
         ("00_setup.html", "00 环境配置与中文字体"),
-        ("04_train_finetune.html", "04 三种迁移学习策略（STRATEGY = finetune）"),
         ("05_evaluate.html", "05 模型评估"),
-        ("solutions-05_evaluate.html", "05 模型评估 · 参考答案"),
+        ("04_train_finetune.html", "04 三种迁移学习策略（STRATEGY = finetune）"),
+        ("04_train_scratch.html", "04 三种迁移学习策略（STRATEGY = scratch）"),
+        ("solutions-05_evaluate_solutions.html", "05 练习参考答案：模型评估"),
     ]
+    headings = re.findall(r"<h2>([^<]+)</h2>", listing)
+    assert headings == ["课程", "附：训练记录", "练习参考答案"]
+    records = listing.split("<h2>附：训练记录</h2>")[1].split("<h2>")[0]
+    assert "训练。" not in records  # 训练记录不重复 04 的一句话说明
     for file_name, title in links:
         page = (index.parent / file_name).read_text(encoding="utf-8")
         assert f"<title>{title}</title>" in page
@@ -78,8 +90,11 @@ def test_index_lists_every_page_in_order_with_its_title(executed, tmp_path):
     evaluate = (index.parent / "05_evaluate.html").read_text(encoding="utf-8")
     assert 'href="00_setup.html"' in evaluate  # 笔记本之间的链接指向讲义里的页面
     assert 'href="06_compare.ipynb"' in evaluate  # 讲义里没有这一页：保留原链接
+    assert 'href="solutions-05_evaluate_solutions.html"' in evaluate  # 参考答案链接指向讲义里的参考答案页
+    solution = (index.parent / "solutions-05_evaluate_solutions.html").read_text(encoding="utf-8")
+    assert 'href="05_evaluate.html"' in solution  # “返回”链接（../05_evaluate.ipynb）
     middle = (index.parent / "04_train_finetune.html").read_text(encoding="utf-8")
-    assert 'href="00_setup.html"' in middle and 'href="05_evaluate.html"' in middle  # 上一页、下一页
+    assert 'href="05_evaluate.html"' in middle and 'href="04_train_scratch.html"' in middle  # 上一页、下一页
 
 
 def test_each_page_embeds_a_small_font_that_covers_every_character_shown(executed, tmp_path):
@@ -99,10 +114,23 @@ def test_each_page_embeds_a_small_font_that_covers_every_character_shown(execute
 
 def test_progress_bar_frames_and_widget_placeholders_do_not_reach_the_page(executed, tmp_path):
     index = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "out")
-    text = visible_text((index.parent / "05_evaluate.html").read_text(encoding="utf-8"))
-    assert "4/4" in text and "测试集准确率：87.5%" in text  # 进度条的最后一帧和正常输出都在
+    page = (index.parent / "05_evaluate.html").read_text(encoding="utf-8")
+    text = visible_text(page)
+    assert text.count("4/4") == 1 and "1.99it/s" in text  # 只留最后一帧（结束时重复打印的那帧也合并掉）
+    assert "测试集准确率：87.5%" in text  # 正常输出都在
     assert "2/4" not in text and "0/4" not in text  # 中间帧被合并掉
     assert "HBox" not in text
+    stderr = re.findall(r'data-mime-type="application/vnd.jupyter.stderr"[^>]*>\s*<pre>(.*?)</pre>', page, re.S)
+    assert [html.unescape(block).strip() for block in stderr] == [WARNING]  # 进度条不再是出错的粉色底，警告仍是
+
+
+def test_outputs_show_repository_paths_not_this_machines_paths(executed, tmp_path):
+    from course_utils.paths import REPO_ROOT
+
+    index = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "out")
+    text = visible_text((index.parent / "05_evaluate.html").read_text(encoding="utf-8"))
+    assert f"PosixPath('{FIGURE_PATH}')" in text
+    assert str(REPO_ROOT) not in text
 
 
 def test_student_edition_drops_solution_cells_and_solution_notebooks(executed, tmp_path):
@@ -111,9 +139,36 @@ def test_student_edition_drops_solution_cells_and_solution_notebooks(executed, t
     assert SECRET in (teacher.parent / "05_evaluate.html").read_text(encoding="utf-8")
     page = (student.parent / "05_evaluate.html").read_text(encoding="utf-8")
     assert SECRET not in page and "测试集准确率" in page
+    assert "solutions-05_evaluate_solutions.html" not in page  # 学生版没有参考答案页，不链接过去
     assert not list(student.parent.glob("solutions-*"))
     listing = student.read_text(encoding="utf-8")
     assert "参考答案</a>" not in listing and "学生版" in listing
+
+
+def _write_metrics(folder, **weights_by_strategy):
+    folder.mkdir(parents=True, exist_ok=True)
+    for strategy, weights in weights_by_strategy.items():
+        (folder / f"{strategy}.json").write_text(json.dumps({"strategy": strategy, "weights": weights}), "utf-8")
+
+
+def test_random_weights_banner_on_the_index_and_on_pages_that_use_trained_models(executed, tmp_path):
+    _write_metrics(tmp_path / "metrics", freeze=None, finetune=None, scratch=None)
+    index = build_handouts("demo", source_dir=executed, out_dir=tmp_path / "out")
+    banner = "本次运行没有用上 ImageNet 预训练权重"
+    listing = visible_text(index.read_text(encoding="utf-8"))
+    assert banner in listing and "finetune 等同于从头训练（只是主干网络的学习率更小）" in listing
+    assert "freeze、finetune 是从随机初始化开始训练的" in listing  # scratch 本来就是随机初始化，不算
+    pages = {p.name: visible_text(p.read_text(encoding="utf-8")) for p in index.parent.glob("*.html")}
+    assert banner in pages["05_evaluate.html"]  # 加载了检查点
+    assert banner not in pages["00_setup.html"]  # 与训练结果无关
+    assert "python -m course_utils run --profile demo" in pages["05_evaluate.html"]
+
+    _write_metrics(tmp_path / "metrics", freeze="IMAGENET1K_V1", finetune="IMAGENET1K_V1")
+    again = build_handouts("demo", source_dir=executed, out_dir=tmp_path / "again")
+    assert banner not in again.read_text(encoding="utf-8")  # 都用上了权重：没有提示
+    _write_metrics(tmp_path / "metrics", freeze=None)
+    smoke = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "smoke")
+    assert banner not in smoke.read_text(encoding="utf-8")  # smoke 档位本来就不用预训练权重
 
 
 def test_pages_load_nothing_from_the_network_unless_they_need_math(tmp_path):
