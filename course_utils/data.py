@@ -4,7 +4,7 @@
 - ``prepare_dataset(settings)``：按档位准备好数据，返回含 ``train/<类名>/`` 与 ``val/<类名>/`` 的根目录；
 - ``make_datasets`` / ``make_loaders``：训练集、验证集（从 train/ 分层划出）、测试集（val/ 目录）及其 DataLoader；
 - ``directory_tree``、``class_counts``、``image_table``、``sample_images``：浏览数据集；
-- ``save_class_maps``：保存类别与序号的对应关系，后面的笔记本要用。
+- ``save_class_maps``：另存一份类别与序号的对应关系（检查点里自带类名；这份供外部程序或原教程的代码使用）。
 
 数据健康检查在 ``health.py``，下载与解压在 ``download.py``，演示数据集的画法在 ``demo.py``，
 课程版 ImageFolder 在 ``imagefolder.py``；它们的公开函数各自在本模块的 ``__all__`` 里声明，
