@@ -94,7 +94,7 @@ def _local_source(url: str) -> Path | None:
     if parsed.scheme in ("http", "https"):
         return None
     if len(parsed.scheme) > 1:  # ftp:// 之类（Windows 盘符 C: 的 scheme 只有一个字母）
-        raise DownloadError(f"不支持的下载地址 {url}：请使用 http(s)://、file:// 地址或本地文件路径。")
+        raise DownloadError(f"不支持的下载地址 {url}：改用 http(s)://、file:// 地址或本地文件路径。")
     return Path(url)
 
 
@@ -321,7 +321,7 @@ def extract_zip(archive, target) -> Path:
         if unsafe:
             raise UnsafeArchiveError(
                 f"拒绝解压 {archive.name}：其中有 {len(unsafe)} 个不安全的成员，例如 "
-                + "；".join(unsafe[:3]) + "。这样的压缩包可能被人动过手脚，请从可信的地址重新下载。"
+                + "；".join(unsafe[:3]) + "。这样的压缩包可能被人动过手脚，从可信的地址重新下载。"
             )
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
