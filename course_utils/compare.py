@@ -272,7 +272,7 @@ def comparison_caveats(profile: str, strategies=STRATEGIES) -> Notes:
 
 
 def _random_weights_notes(metrics: dict) -> list[str]:
-    """需要预训练权重的策略却是随机初始化时，说明这对每种策略意味着什么。"""
+    """需要预训练权重的策略却是随机初始化时，说明这对每种策略意味着什么、怎样补救。"""
     random_start = [s for s, m in metrics.items() if s != "scratch" and not m.get("weights")]
     if not random_start:
         return []
@@ -281,11 +281,16 @@ def _random_weights_notes(metrics: dict) -> list[str]:
         "finetune": "finetune 等同于从头训练（只是主干网络的学习率更小）",
     }
     details = "；".join(meaning[s] for s in random_start if s in meaning)
+    by_design = all(metrics[s].get("settings", {}).get("weights", "") is None for s in random_start)
+    if by_design:  # 设置里就写着不用权重（例如 smoke 档位）
+        remedy = "想看迁移学习的作用，换用 demo、quick 或 full 档位。"
+    else:
+        remedy = ("拿到权重后（联网，或在 parameters 单元格里写 WEIGHTS = \"权重文件路径\"）重新运行本笔记本即可："
+                  "没用上权重的结果不会被复用。")
+    why = "按设置没有用" if by_design else "这次没有用上"
     return [
-        f"{'、'.join(random_start)} 这次没有用上 ImageNet 预训练权重（随机初始化）"
-        + (f"：{details}" if details else "")
-        + "。所以它们和 scratch 的差别不能说明迁移学习的作用。拿到权重后（联网，或在 parameters 单元格里写 "
-        "WEIGHTS = \"权重文件路径\"）重新运行本笔记本即可：没用上权重的结果不会被复用。"
+        f"{'、'.join(random_start)} {why} ImageNet 预训练权重（随机初始化）" + (f"：{details}" if details else "")
+        + f"。所以它们和 scratch 的差别不能说明迁移学习的作用。{remedy}"
     ]
 
 

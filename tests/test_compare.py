@@ -115,13 +115,15 @@ def test_ensure_checkpoint_trains_only_where_it_is_cheap(fake_train, tmp_path):
     assert _runs(tmp_path) == ["finetune:None"]  # 已经有了就不再训练
 
 
-def _write_fake_metrics(profile, strategies, weights, seconds=(2.0, 2.0, 2.0), feature_cache=False):
+def _write_fake_metrics(profile, strategies, weights, seconds=(2.0, 2.0, 2.0), feature_cache=False,
+                        asked="IMAGENET1K_V1"):
     for s in strategies:
         history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.5 / e, "val_acc": 0.2 * e, "seconds": sec}
                    for e, sec in enumerate(seconds, start=1)]
         cu.write_metrics(cu.metrics_path(profile, s), {
             "strategy": s, "weights": weights, "weights_note": "说明", "history": history, "test_acc": 0.5,
-            "feature_cache": feature_cache and s == "freeze", "seconds_total": sum(seconds)})
+            "feature_cache": feature_cache and s == "freeze", "seconds_total": sum(seconds),
+            "settings": {"weights": asked}})
 
 
 def test_strategy_curves_have_one_line_per_strategy(tmp_path, monkeypatch):
@@ -150,6 +152,10 @@ def test_caveats_say_when_data_or_weights_are_not_the_real_thing(tmp_path, monke
     assert "freeze、finetune 这次没有用上 ImageNet 预训练权重" in text
     assert "finetune 等同于从头训练（只是主干网络的学习率更小）" in text
     assert notes._repr_markdown_().startswith("- 这次用的是")  # 笔记本里显示成项目列表
+    assert "拿到权重后" in text  # 想要权重却没拿到：告诉你怎样补救
+    _write_fake_metrics("smoke", ["freeze", "finetune"], None, asked=None)
+    smoke = "\n".join(cu.comparison_caveats("smoke", ["freeze", "finetune"]))
+    assert "freeze、finetune 按设置没有用 ImageNet 预训练权重" in smoke and "拿到权重后" not in smoke
     _write_fake_metrics("quick", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
     quick = cu.comparison_caveats("quick")
     assert not any("fruit30" in n or "没有用上" in n for n in quick)
