@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import paths
 from .config import resolve_settings
-from .models import STRATEGIES, STRATEGY_NAMES
+from .models import STRATEGIES, STRATEGY_NAMES, weights_cache_path
 from .progress import HEADLESS_ENV_VAR, progress_bar
 from .train import CheckpointNotFound, checkpoint_path, metrics_path, read_metrics, with_training_defaults
 
@@ -143,8 +143,9 @@ def _load_metrics(profile: str, strategy: str) -> dict | None:
 def _reuse_blocker(profile: str, strategy: str, parameters: dict) -> str | None:
     """已有结果为什么不能复用（一句话）；能复用时返回 None。
 
-    能复用的条件：有指标 JSON，设置逐项相同（按 04 补全默认值之后比较），
-    而且需要预训练权重的策略当时真的用上了权重（上次退回随机初始化的结果不复用：这次也许拿得到）。
+    能复用的条件：有指标 JSON，设置逐项相同（按 04 补全默认值之后比较），而且不是这种情况：
+    需要预训练权重的策略上次没拿到权重（退回了随机初始化），而现在本机已经有了这份权重。
+    （本机还是没有时照样复用：离线时重新训练只会再退回随机初始化，白花时间；对比表和说明会写明是随机初始化。）
     """
     metrics = _load_metrics(profile, strategy)
     if metrics is None:
@@ -156,9 +157,21 @@ def _reuse_blocker(profile: str, strategy: str, parameters: dict) -> str | None:
     changed = sorted(key for key in set(SAME_RUN_KEYS) | set(lowered) if stored.get(key) != expected.get(key))
     if changed:
         return f"设置不同（{'、'.join(changed)}）"
-    if strategy != "scratch" and expected.get("weights") is not None and metrics.get("weights") is None:
-        return "上次没有用上预训练权重"
+    wanted = expected.get("weights")
+    if strategy != "scratch" and wanted is not None and metrics.get("weights") is None \
+            and _weights_on_this_machine(expected.get("arch", "resnet18"), wanted):
+        return "上次没有用上预训练权重，现在本机有了"
     return None
+
+
+def _weights_on_this_machine(arch: str, weights) -> bool:
+    """预训练权重现在是否就在本机：本地权重文件存在，或 torchvision 权重已在 torch hub 缓存里。"""
+    if Path(str(weights)).expanduser().is_file():
+        return True
+    try:
+        return weights_cache_path(arch, weights).is_file()
+    except (KeyError, ValueError):  # 既不是存在的文件，也不是这个模型的 torchvision 权重名
+        return False
 
 
 def _finished_run_matches(profile: str, strategy: str, parameters: dict) -> bool:
@@ -285,8 +298,8 @@ def _random_weights_notes(metrics: dict) -> list[str]:
     if by_design:  # 设置里就写着不用权重（例如 smoke 档位）
         remedy = "想看迁移学习的作用，换用 demo、quick 或 full 档位。"
     else:
-        remedy = ("拿到权重后（联网，或在 parameters 单元格里写 WEIGHTS = \"权重文件路径\"）重新运行本笔记本即可："
-                  "没用上权重的结果不会被复用。")
+        remedy = ("拿到权重后（联网，或在 parameters 单元格里写 WEIGHTS = \"权重文件路径\"）重新运行本笔记本："
+                  "权重已经在本机时，没用上权重的旧结果不会被复用；联网下载的话设 FORCE = True。")
     why = "按设置没有用" if by_design else "这次没有用上"
     return [
         f"{'、'.join(random_start)} {why} ImageNet 预训练权重（随机初始化）" + (f"：{details}" if details else "")

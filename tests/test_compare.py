@@ -21,7 +21,8 @@ settings = cu.with_training_defaults(cu.resolve_settings(PROFILE, epochs=EPOCHS,
 log = cu.output_dir(settings.profile) / "runs.log"
 log.write_text((log.read_text() if log.exists() else "") + f"{STRATEGY}:{WEIGHTS}\\n")
 acc = {"freeze": 0.8, "finetune": 0.9, "scratch": 0.3}[STRATEGY]
-loaded = None if STRATEGY == "scratch" or settings.weights in (None, "missing.pth") else settings.weights
+import pathlib
+loaded = settings.weights if STRATEGY != "scratch" and pathlib.Path(str(settings.weights)).is_file() else None
 history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": acc, "val_loss": 1.2 / e,
             "val_acc": acc * e / settings.epochs, "lr": 0.001, "seconds": 2.0} for e in range(1, settings.epochs + 1)]
 cu.write_metrics(cu.metrics_path(settings.profile, STRATEGY), {
@@ -79,25 +80,27 @@ def test_run_strategies_trains_each_strategy_once_then_reuses_matching_runs(fake
     assert forced["轮数"].tolist() == [2] and forced["来源"].tolist() == ["本次训练：指定了重新训练（FORCE）"]
 
 
-def test_runs_that_fell_back_to_random_weights_are_not_reused(fake_train, tmp_path):
-    """WEIGHTS 一路传到 04；上次没拿到权重（随机初始化）的 freeze / finetune 结果不复用，scratch 照常复用。"""
-    asked = {"WEIGHTS": "missing.pth"}  # 小笔记本里这个文件“拿不到”：退回随机初始化
+def test_runs_that_fell_back_to_random_weights_are_not_reused_once_the_weights_are_here(fake_train, tmp_path):
+    """WEIGHTS 一路传到 04。上次没拿到权重（随机初始化）的 freeze / finetune：本机还是没有权重时照样复用
+    （离线重训只会再次随机初始化），权重到了本机就不再复用；scratch 不用权重，总是复用。"""
+    weights = tmp_path / "resnet18.pth"
+    asked = {"WEIGHTS": str(weights)}  # 小笔记本里：文件存在才算“加载了权重”
     table = cu.run_strategies("smoke", ["freeze"], asked, notebook=fake_train)
-    assert _runs(tmp_path) == ["freeze:missing.pth"] and table["初始权重"].tolist() == ["随机初始化"]
-    assert _reuse_blocker("smoke", "freeze", asked) == "上次没有用上预训练权重"  # 下次会重新训练
+    assert _runs(tmp_path) == [f"freeze:{weights}"] and table["初始权重"].tolist() == ["随机初始化"]
+    assert _finished_run_matches("smoke", "freeze", asked)  # 权重仍然不在本机：复用
+    weights.write_bytes(b"weights")
+    assert _reuse_blocker("smoke", "freeze", asked) == "上次没有用上预训练权重，现在本机有了"
 
     def fake_metrics(strategy, weights_asked, weights_loaded):
         settings = cu.with_training_defaults(cu.resolve_settings("smoke", weights=weights_asked, strategy=strategy))
         metrics = {"settings": settings.to_dict(), "weights": weights_loaded}
         cu.write_metrics(cu.metrics_path("smoke", strategy), metrics)
 
-    fake_metrics("scratch", "missing.pth", None)
+    fake_metrics("scratch", str(weights), None)
     assert _finished_run_matches("smoke", "scratch", asked)  # scratch 本来就不用预训练权重
-    fake_metrics("freeze", "weights.pth", "weights.pth")
-    assert _finished_run_matches("smoke", "freeze", {"WEIGHTS": "weights.pth"})  # 用上了：可以复用
-    assert not _finished_run_matches("smoke", "freeze", asked)  # 换了权重：设置不同
-    fake_metrics("freeze", None, None)
-    assert _finished_run_matches("smoke", "freeze", {})  # smoke 档位本来就不要权重：随机初始化是应有之义
+    fake_metrics("freeze", str(weights), str(weights))
+    assert _finished_run_matches("smoke", "freeze", asked)  # 上次用上了：复用
+    assert _reuse_blocker("smoke", "freeze", {"WEIGHTS": "other.pth"}) == "设置不同（weights）"
 
 
 def test_run_strategies_names_the_failing_strategy_and_the_executed_copy(fake_train):
