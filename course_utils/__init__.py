@@ -14,8 +14,11 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import pkgutil
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -23,26 +26,33 @@ __version__ = "0.1.0"
 _MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
-def _module(module_name: str):
-    return importlib.import_module(f"{__name__}.{module_name}")
+@functools.lru_cache(maxsize=None)
+def _declared_names(module_name: str) -> tuple[str, ...]:
+    """不导入模块，直接从源代码里读出它的 __all__（这样查找名字时不会顺带导入 PyTorch）。"""
+    source = (Path(__file__).parent / f"{module_name}.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return ()
+
+
+def _owner(name: str) -> str | None:
+    """名字 name 由哪个模块提供。"""
+    return next((m for m in _MODULES if name in _declared_names(m)), None)
 
 
 def __getattr__(name: str):
     if name.startswith("_"):
         raise AttributeError(name)
     if name in _MODULES:  # ``from . import paths`` 这类子模块导入，直接导入该模块
-        return _module(name)
-    for module_name in _MODULES:
-        module = _module(module_name)
-        if name in getattr(module, "__all__", ()):
-            value = getattr(module, name)
-            globals()[name] = value  # 缓存，下次直接取
-            return value
-    raise AttributeError(f"course_utils 里没有 {name!r}。可用 dir(cu) 查看全部函数。")
+        return importlib.import_module(f"{__name__}.{name}")
+    module_name = _owner(name)
+    if module_name is None:
+        raise AttributeError(f"course_utils 里没有 {name!r}。可用 dir(cu) 查看全部函数。")
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    globals()[name] = value  # 缓存，下次直接取
+    return value
 
 
 def __dir__():
-    names = set(globals())
-    for module_name in _MODULES:
-        names.update(getattr(_module(module_name), "__all__", ()))
-    return sorted(names)
+    return sorted(set(globals()).union(*(_declared_names(m) for m in _MODULES)))

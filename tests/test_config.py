@@ -73,7 +73,9 @@ def test_importing_the_package_has_no_side_effects():
     code = (
         "import sys, course_utils as cu; "
         "assert 'torch' not in sys.modules, 'import 不应导入 torch'; "
-        "assert 'matplotlib' not in sys.modules; print('ok')"
+        "assert 'matplotlib' not in sys.modules; "
+        "cu.display_path; cu.resolve_settings; assert 'torch' not in sys.modules, '查找轻量函数不应导入 torch'; "
+        "print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
@@ -113,6 +115,7 @@ def test_each_public_name_comes_from_one_place():
     owners = {}
     for module_name in course_utils._MODULES:
         module = importlib.import_module(f"course_utils.{module_name}")
+        assert list(module.__all__) == list(course_utils._declared_names(module_name)), "__all__ 要写成字面量列表"
         for name in module.__all__:
             value = getattr(module, name)  # __all__ 里的名字必须真的存在
             owners.setdefault(name, set()).add(id(value))
