@@ -19,6 +19,7 @@ from course_utils.paths import REPO_ROOT
 SECRET = "秘密答案"  # 只应出现在教师版里
 WARNING = "UserWarning: 这是一条真正的警告"
 FIGURE_PATH = "outputs/demo/figures/confusion_matrix_freeze.png"  # 输出里写成本机绝对路径
+CACHE_PATH = ".cache/torch/hub/checkpoints/resnet18.pth"  # 家目录下的文件（输出里写成绝对路径）
 
 
 def sample_png(width=160, height=100) -> str:
@@ -71,6 +72,7 @@ def write_executed_notebook(path, title="05 模型评估", purpose="用测试集
         new_output("stream", name="stderr", text="\r训练: 100%|##########| 4/4 [00:02<00:00, 2.00it/s]\n"),
         new_output("stream", name="stderr", text="训练: 100%|##########| 4/4 [00:02<00:00, 1.99it/s]\n"),
         new_output("stream", name="stdout", text="测试集准确率：87.5%\n"),
+        new_output("stream", name="stdout", text=f"权重缓存：{Path.home() / CACHE_PATH}\n"),
         new_output("stream", name="stderr", text=f"{WARNING}\n"),
         new_output("execute_result", data={"text/plain": f"PosixPath('{REPO_ROOT / FIGURE_PATH}')"},
                    execution_count=3),

@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 import nbformat
 import pytest
 from fontTools.ttLib import TTFont
-from handout_samples import FIGURE_PATH, SECRET, WARNING, write_executed_notebook
+from handout_samples import CACHE_PATH, FIGURE_PATH, SECRET, WARNING, write_executed_notebook
 
 import course_utils as cu
 from course_utils.handouts import HANDOUT_FONT_FAMILY, build_handouts
@@ -130,6 +130,7 @@ def test_outputs_show_repository_paths_not_this_machines_paths(executed, tmp_pat
     index = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "out")
     text = visible_text((index.parent / "05_evaluate.html").read_text(encoding="utf-8"))
     assert f"PosixPath('{FIGURE_PATH}')" in text
+    assert f"权重缓存：~/{CACHE_PATH}" in text
     assert str(REPO_ROOT) not in text
 
 
