@@ -245,13 +245,17 @@ def fit(model, train_loader, val_loader, *, epochs: int, device, optimizer=None,
         meta：并入检查点元数据的字典（类别名、图片尺寸、档位等，见 ``training_meta``）。
         feature_cache：只用于 freeze。主干输出的特征先算一遍存起来，之后每轮只训练分类头；
             训练集的特征用评估时的预处理计算（没有随机数据增广），这是用增广换速度。
-        amp / channels_last：混合精度与 channels_last 内存布局，None 表示“只在 CUDA 上启用”。
+        amp：混合精度，None 表示“只在 CUDA 上启用”。
+        channels_last：channels_last 内存布局。None 表示自动：在 CUDA 和 CPU 上训练时启用
+            （CPU 上 ResNet-18 在 112–224 像素时快 1.2–1.45 倍，见 benchmarks/），训练结束后把模型换回原来的布局，
+            交回的模型与从检查点加载的模型预测结果逐位相同；True 时模型留在 channels_last 布局。
     """
     import torch
 
     device = torch.device(device)
     strategy = strategy or model.course_info["strategy"]
-    channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
+    restore_layout = channels_last is None and not _is_channels_last(model)
+    channels_last = device.type in ("cuda", "cpu") if channels_last is None else bool(channels_last)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -260,10 +264,22 @@ def fit(model, train_loader, val_loader, *, epochs: int, device, optimizer=None,
                checkpoint_dir, run_name or strategy, meta, train_loader)
     if resume:
         run.restore()
-    net, train_data, val_data, cache_seconds = _training_inputs(
-        model, train_loader, val_loader, device, feature_cache, strategy, max_batches, channels_last)
-    run.train_epochs(net, train_data, val_data, epochs, max_batches, cache_seconds)
+    try:
+        net, train_data, val_data, cache_seconds = _training_inputs(
+            model, train_loader, val_loader, device, feature_cache, strategy, max_batches, channels_last)
+        run.train_epochs(net, train_data, val_data, epochs, max_batches, cache_seconds)
+    finally:
+        if channels_last and restore_layout:
+            model.to(memory_format=torch.contiguous_format)
     return run.history
+
+
+def _is_channels_last(model) -> bool:
+    """模型的第一个 4 维（卷积）权重是否已经是 channels_last 布局。"""
+    import torch
+
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    return weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
 
 
 class _Run:
