@@ -152,7 +152,7 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
     参数：
         profile：档位名；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
         overrides：字段名 = 值，例如 ``epochs=EPOCHS``；值为 None 的项保持档位默认。
-            不是 Settings 字段的名字放进 ``settings.extra``（例如 STRATEGY）。
+            不是 Settings 字段的名字放进 ``settings.extra``（例如 STRATEGY），值为 None 也保留。
     返回：
         Settings（不可变；要改用 ``settings.replace(...)``）。
     """
@@ -160,13 +160,11 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
     known = {f.name for f in dataclasses.fields(Settings)} - {"profile", "extra"}
     changes, extra = {}, {}
     for key, value in overrides.items():
-        if value is None:
-            continue
         key = key.lower()
-        if key in known:
+        if key not in known:
+            extra[key] = value  # 笔记本自己的参数，None 也保留，设置表里能看到
+        elif value is not None:
             changes[key] = _coerce(key, value, getattr(base, key))
-        else:
-            extra[key] = value
     if "image_size" in changes and "resize_size" not in changes:
         # 只改了输入边长时，评估用的缩放边长按档位原来的比例跟着变（例如 224 -> 256）
         changes["resize_size"] = round(changes["image_size"] * base.resize_size / base.image_size)

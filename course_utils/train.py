@@ -586,8 +586,8 @@ def with_training_defaults(settings):
     from .models import _check_strategy
 
     extra = dict(settings.extra)
-    extra["strategy"] = strategy = _check_strategy(extra.get("strategy", "freeze"))
-    extra.setdefault("arch", "resnet18")
+    extra["strategy"] = strategy = _check_strategy(extra.get("strategy") or "freeze")
+    extra["arch"] = extra.get("arch") or "resnet18"
     if extra.get("feature_cache") is None:
         extra["feature_cache"] = strategy == "freeze" and settings.profile != "full"
     elif extra["feature_cache"] and strategy != "freeze":

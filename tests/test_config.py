@@ -29,10 +29,10 @@ def test_unknown_profile_is_a_chinese_error_listing_the_choices(monkeypatch):
 
 
 def test_overrides_replace_defaults_but_none_keeps_them():
-    settings = resolve_settings("smoke", epochs=3, batch_size=None, STRATEGY="finetune")
+    settings = resolve_settings("smoke", epochs=3, batch_size=None, STRATEGY="finetune", IMAGE_PATH=None)
     assert settings.epochs == 3
     assert settings.batch_size == PROFILES["smoke"].batch_size
-    assert settings.extra == {"strategy": "finetune"}  # 不是设置字段的参数进 extra
+    assert settings.extra == {"strategy": "finetune", "image_path": None}  # 不是设置字段的参数进 extra
     assert settings.to_dict()["strategy"] == "finetune"
     assert PROFILES["smoke"].epochs == 1  # 原始档位没有被改动
 
