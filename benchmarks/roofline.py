@@ -1,0 +1,92 @@
+"""第 5 节：物理上限的粗略估计。
+
+ResNet-18 每张图要做多少次浮点运算（``torch.utils.flop_counter.FlopCounterMode`` 数出来的），
+除以本机一次大矩阵乘法的速度（GFLOP/s，当作这台机器能达到的峰值），就是“最快也要多久”；
+再看各做法实际达到了峰值的百分之几。
+"""
+
+from __future__ import annotations
+
+import course_utils as cu
+
+from .common import Section, timed
+
+IMAGE_SIZE = 224
+NUM_CLASSES = 30
+
+
+def flops_per_image(kind: str, image_size: int = IMAGE_SIZE, batch: int = 2) -> float:
+    """每张图的浮点运算次数。kind："forward"（推理）、"freeze"、"finetune"（训练步：前向 + 反向）。
+
+    原教程式的训练步与 finetune 相同：主干参数都要求梯度，反向传播算遍全网。
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    strategy = "freeze" if kind in ("forward", "freeze") else "finetune"
+    model = cu.build_model("resnet18", num_classes=NUM_CLASSES, strategy=strategy, weights=None)
+    images = torch.randn(batch, 3, image_size, image_size)
+    labels = torch.zeros(batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        if kind == "forward":
+            with torch.inference_mode():
+                model.eval()(images)
+        else:
+            F.cross_entropy(model.train()(images), labels).backward()
+    return counter.get_total_flops() / batch
+
+
+def matmul_gflops(device, n: int, repeats: int) -> float:
+    """n×n 的 float32 矩阵乘法，重复 repeats 次取最快的一次：GFLOP/s（2n³ 次运算）。"""
+    import torch
+
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    timed(lambda: a @ b, device)  # 热身
+    best = min(timed(lambda: a @ b, device)[1] for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def model_speeds(context: dict, device) -> dict[str, float]:
+    """第 2 节测得的模型速度；没跑第 2 节时在这里快速测一遍。"""
+    from .throughput import measure_steps, step_modes
+
+    if "model_images_per_s" not in context:
+        wanted = [m for m in step_modes(device) if m["strategy"] in ("freeze", "finetune") and not m["amp"]]
+        context["model_images_per_s"] = measure_steps(wanted, device, rounds=1, steps=1)
+    return context["model_images_per_s"]
+
+
+def run(device, quick: bool = False, context: dict | None = None):
+    """第 5 节：浮点运算量、矩阵乘法峰值、各做法达到峰值的比例。"""
+    context = context if context is not None else {}
+    flops = {kind: flops_per_image(kind) for kind in ("forward", "freeze", "finetune")}
+    peak = matmul_gflops(device, 2048 if quick else 4096, 3 if quick else 5)
+    rows = [{"做法": f"矩阵乘法 {2048 if quick else 4096}×{2048 if quick else 4096}（float32，当作峰值）",
+             "每秒 GFLOP": peak, "占峰值": "100%"}]
+    for key, speed in model_speeds(context, device).items():
+        strategy, layout = key.split("/")[:2]
+        if strategy == "scratch" or key.endswith("/amp"):
+            continue  # scratch 与 finetune 计算相同；AMP 的峰值要用半精度矩阵乘法比
+        rows.append(_row(f"只算模型：{strategy} 训练步（{layout}）", flops[strategy], speed, peak))
+    for label, info in context.get("epochs", {}).items():  # 第 1 节：含读图和验证的整轮
+        work = info["train"] * flops[info["kind"]] + info["val"] * flops["forward"]
+        rows.append(_row(f"整轮（第 1 节）：{label}", work / (info["train"] + info["val"]),
+                         (info["train"] + info["val"]) / info["seconds"], peak))
+    lower = flops["forward"] / (peak * 1e9)
+    notes = [
+        f"ResNet-18（{NUM_CLASSES} 类，{IMAGE_SIZE} 像素）每张图：推理 {flops['forward'] / 1e9:.2f} GFLOP，"
+        f"freeze 训练步 {flops['freeze'] / 1e9:.2f} GFLOP，finetune / 原教程式训练步 {flops['finetune'] / 1e9:.2f} GFLOP"
+        "（FlopCounterMode 计数，乘加算 2 次）。",
+        f"按矩阵乘法的速度，一张图的前向最快也要 {lower * 1000:.1f} 毫秒；fruit30 的 5454 张图前向一遍至少 "
+        f"{5454 * lower:.0f} 秒——这就是特征缓存的 20 轮训练不可能低于的下限。",
+        "卷积不全是大矩阵乘法（还有 BatchNorm、ReLU、池化这类受内存带宽限制的运算），所以 70–90% 已经接近这台机器的上限。",
+    ]
+    return Section("roofline", "5. 物理上限：浮点运算量与矩阵乘法峰值", rows, notes), []
+
+
+def _row(label: str, flops: float, images_per_s: float, peak: float) -> dict:
+    achieved = flops * images_per_s / 1e9
+    return {"做法": label, "每张图 GFLOP": flops / 1e9, "每秒图片数": images_per_s, "每秒 GFLOP": achieved,
+            "占峰值": f"{achieved / peak:.0%}"}
