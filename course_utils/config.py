@@ -1,7 +1,8 @@
 """四种运行档位（profile）：同一套笔记本，按机器和用途换一组默认值。
 
 - full：完整 fruit30，224 像素，20 轮，必须有 ImageNet 权重（GPU 上的正式课程）；
-- quick：fruit30 每类取固定的一小部分，小图、少轮，必须有 ImageNet 权重（CPU 课堂）；
+- quick：fruit30 每类取固定的 60 张、224 像素、4 轮，必须有 ImageNet 权重（CPU 课堂：2 核 CPU 上整个课程约 15 分钟，
+  见 benchmarks/ 的 ``--course``）；
 - demo：课程自带的生成水果数据集，无需下载（离线首次运行，``make run``）；
 - smoke：极小的生成数据集、1 轮、只跑几个批次、不用预训练权重（测试与 CI）。
 
@@ -116,8 +117,8 @@ PROFILES: dict[str, Settings] = {
         max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
     ),
     "quick": Settings(
-        profile="quick", dataset="fruit30", image_size=160, resize_size=182, epochs=3,
-        batch_size=32, lr=1e-3, weights=IMAGENET, weights_required=True, per_class_limit=40,
+        profile="quick", dataset="fruit30", image_size=224, resize_size=256, epochs=4,
+        batch_size=32, lr=1e-3, weights=IMAGENET, weights_required=True, per_class_limit=60,
         max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
     ),
     "demo": Settings(
