@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import paths
+from .checkpoints import CheckpointNotFound, checkpoint_path, metrics_path, read_metrics
 from .config import resolve_settings
 from .models import STRATEGIES, STRATEGY_NAMES, weights_cache_path
 from .progress import HEADLESS_ENV_VAR, progress_bar
-from .train import CheckpointNotFound, checkpoint_path, metrics_path, read_metrics, with_training_defaults
+from .train import with_training_defaults
 
 if TYPE_CHECKING:  # 只用于类型注解
     import pandas as pd

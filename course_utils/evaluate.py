@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .checkpoints import load_checkpoint
 from .compare import ensure_checkpoint, strategy_label
 from .data import list_image_files, load_rgb_image, make_datasets, make_loaders, prepare_dataset
 from .paths import display_path
 from .progress import progress_bar
-from .train import load_checkpoint
 from .transforms import build_eval_transform, denormalize
 
 if TYPE_CHECKING:  # 只用于类型注解，导入本模块时不会真的导入 numpy / pandas

@@ -7,29 +7,29 @@
 “冻结”在这里有两层意思，缺一不可：
 
 1. 主干的参数 ``requires_grad_(False)``：反向传播不经过主干，只算分类头的梯度，省下大部分计算；
-2. 主干保持推理（eval）模式，即使调用了 ``model.train()``：BatchNorm 继续用预训练时的
-   均值和方差，不会被新数据悄悄改写（主干里的 Dropout 也不再随机丢弃）。
+2. 主干保持评估模式（eval），即使调用了 ``model.train()``：BatchNorm 继续用预训练时的
+   均值和方差，不会被新数据悄悄改写（冻结部分里的 Dropout 也不再随机丢弃）。
 
 只让优化器跳过主干、却不做这两点，是原教程的错误：梯度照样算遍全网，BatchNorm 的统计量照样在变。
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import io
 import os
 import pickle
 import socket
 import types
 import urllib.error
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
-    "STRATEGIES", "STRATEGY_NAMES", "build_model", "WeightsUnavailable", "PretrainedWeightsWarning",
+    "STRATEGIES", "STRATEGY_NAMES", "check_strategy", "build_model", "WeightsUnavailable",
     "head_module", "freeze_backbone", "make_optimizer", "count_params", "trainable_summary",
-    "weights_cache_path", "plot_trainable_blocks",
+    "weights_cache_path",
 ]
 
 STRATEGIES = ("freeze", "finetune", "scratch")
@@ -57,10 +57,6 @@ class WeightsUnavailable(RuntimeError):
     """需要预训练权重却拿不到（离线、缓存里没有、本地文件不存在或不对）。"""
 
 
-class PretrainedWeightsWarning(UserWarning):
-    """想用预训练权重却没拿到，已退回随机初始化。"""
-
-
 def build_model(
     arch: str = "resnet18",
     num_classes: int = 30,
@@ -76,16 +72,19 @@ def build_model(
         strategy："freeze" | "finetune" | "scratch"。scratch 永远不加载预训练权重。
         weights：torchvision 权重名（"IMAGENET1K_V1"、"DEFAULT"）、本地权重文件路径，或 None（随机初始化）。
         weights_required：True 时拿不到预训练权重就抛出 WeightsUnavailable；
-            False 时退回随机初始化，并醒目地提示。
+            False 时退回随机初始化，并打印一段醒目的提示。加载成功时打印一句权重的来源；
+            weights 为 None 或策略为 scratch 时什么也不打印（随机初始化是有意的）。
     返回：
         nn.Module。``model.course_info`` 记录实际情况：arch、strategy、num_classes、head（分类头的名字）、
         weights（真正加载的权重名或文件路径；没加载为 None）、weights_note（一句中文说明）。
     """
-    strategy = _check_strategy(strategy)
+    strategy = check_strategy(strategy)
     if strategy == "scratch" or weights is None:
         model, info = _random_model(arch), _random_info(strategy)
     else:
-        model, info = _pretrained_model(arch, weights, weights_required)
+        model, info = _pretrained_model(arch, weights, weights_required, strategy)
+        if info["weights"] is not None:
+            print(info["weights_note"])
     head_name = _replace_head(model, num_classes)
     model.course_info = {"arch": arch, "strategy": strategy, "num_classes": int(num_classes),
                          "head": head_name, **info}
@@ -94,7 +93,8 @@ def build_model(
     return model
 
 
-def _check_strategy(strategy: str) -> str:
+def check_strategy(strategy: str) -> str:
+    """检查策略名（不分大小写），返回规范写法 "freeze" / "finetune" / "scratch"；写错时用中文列出可选项。"""
     name = str(strategy).strip().lower()
     if name not in STRATEGIES:
         choices = "；".join(f"{key}（{text}）" for key, text in STRATEGY_NAMES.items())
@@ -116,7 +116,7 @@ def _random_info(strategy: str) -> dict:
     return {"weights": None, "weights_note": note}
 
 
-def _pretrained_model(arch: str, weights, weights_required: bool):
+def _pretrained_model(arch: str, weights, weights_required: bool, strategy: str):
     """加载预训练权重；拿不到时按 weights_required 报错，或退回随机初始化并醒目提示。"""
     try:
         if _is_weights_name(arch, weights):
@@ -125,8 +125,8 @@ def _pretrained_model(arch: str, weights, weights_required: bool):
     except WeightsUnavailable as exc:
         if weights_required:  # full / quick 档位：停下来，说明怎样拿到权重，或者改用 demo 档位
             raise WeightsUnavailable(f"{exc}\n{OFFLINE_HINT}") from None
-        _announce_fallback(str(exc))
         note = f"未使用预训练权重：没能拿到 {getattr(weights, 'name', weights)}，已退回随机初始化。"
+        _announce_fallback(note, str(exc), strategy)
         return _random_model(arch), {"weights": None, "weights_note": note}
 
 
@@ -166,7 +166,9 @@ def _load_torchvision_weights(arch: str, weights):
     cached = weights_cache_path(arch, enum.name)
     was_cached = cached.exists()
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        # torch hub 开始下载前会打印一行 “Downloading: …”；离线时下载马上失败，这行字只会误导人，
+        # 所以先收起来：成功时我们自己说明权重来自哪里，失败时由醒目的提示说明原因和办法
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stdout(io.StringIO()):
             model = models.get_model(arch, weights=enum)
     except NETWORK_ERRORS as exc:  # 原因已写进中文说明；不再附上 urllib 的长篇回溯
         raise WeightsUnavailable(_unavailable_message(arch, enum, cached, exc)) from None
@@ -186,7 +188,7 @@ def _describe(enum) -> str:
     return " ImageNet 预训练权重" if enum.name.startswith("IMAGENET") else "预训练权重"
 
 
-@contextmanager
+@contextlib.contextmanager
 def _socket_timeout(seconds: float):
     """临时给网络读写设超时（用户自己设过就不动），离开时恢复。"""
     previous = socket.getdefaulttimeout()
@@ -246,16 +248,18 @@ def _match_official_file(arch: str, path: Path):
     return None
 
 
-def _announce_fallback(reason: str) -> None:
-    """醒目地提示：没拿到预训练权重，退回了随机初始化。"""
+# 没拿到预训练权重时，各策略实际上变成了什么
+FALLBACK_EFFECTS = {
+    "freeze": "freeze 冻结的是一个随机网络，只有分类头在学随机特征，准确率会很低",
+    "finetune": "此时 finetune 等同于从头训练（只是主干学习率更小）",
+}
+
+
+def _announce_fallback(note: str, reason: str, strategy: str) -> None:
+    """打印一段醒目的提示（只此一段）：没拿到预训练权重、为什么、怎么办、对这次结果意味着什么。"""
     line = "=" * 72
-    message = (
-        f"\n{line}\n【注意】没有加载预训练权重，模型从随机初始化开始！\n{reason}\n"
-        "所以这次的结果不代表迁移学习的效果（策略为 freeze 时，被冻结的是一个随机网络）。\n"
-        f"{line}\n"
-    )
-    print(message, flush=True)
-    warnings.warn("没有加载预训练权重，已退回随机初始化（详见上方说明）。", PretrainedWeightsWarning, stacklevel=4)
+    effect = FALLBACK_EFFECTS.get(strategy, "模型从随机初始化开始训练")
+    print(f"{line}\n【注意】{note}\n{reason}\n影响：{effect}；这次的结果不代表迁移学习的效果。\n{line}", flush=True)
 
 
 def _replace_head(model, num_classes: int) -> str:
@@ -291,26 +295,35 @@ def head_module(model):
 
 
 def freeze_backbone(model):
-    """冻结主干：参数不求梯度，并且主干永远处于 eval 模式；只有分类头训练。
+    """冻结主干：参数不求梯度，并且冻结的部分永远处于评估模式（eval）；只有分类头训练。
 
-    ``model.train()`` 被换成一个小小的替身：先照常切换模式，再把主干里的每一层切回 eval。
-    这样 BatchNorm 的 running_mean / running_var 不会在训练时被改写。返回同一个 model。
+    ``model.train()`` 被换成一个小小的替身：先照常切换模式，再把没有任何要训练参数的模块切回 eval。
+    这样 BatchNorm 的 running_mean / running_var 不会在训练时被改写。之后如果你解冻了一部分主干
+    （例如 ``model.layer4.requires_grad_(True)``），那一部分会自动跟着训练，包括它的 BatchNorm。
+    返回同一个 model。
     """
     model.requires_grad_(False)
     head_module(model).requires_grad_(True)
-    model.train = types.MethodType(_train_keeping_backbone_frozen, model)
+    model.train = types.MethodType(_train_keeping_frozen_parts_in_eval, model)
     model.train(model.training)  # 立即生效
     return model
 
 
-def _train_keeping_backbone_frozen(self, mode: bool = True):
+def _train_keeping_frozen_parts_in_eval(self, mode: bool = True):
     type(self).train(self, mode)  # 先照常切换：所有层进入 mode
-    head_layers = set(head_module(self).modules())
-    for layer in self.modules():
-        is_leaf = next(layer.children(), None) is None
-        if is_leaf and layer not in head_layers:
-            layer.eval()  # 主干的 BatchNorm、Dropout 始终按推理方式工作
+    if mode:
+        _frozen_parts_to_eval(self)
     return self
+
+
+def _frozen_parts_to_eval(module) -> None:
+    """从上往下看：整块都没有要训练的参数（全部冻结，或像 ReLU 那样本来就没有参数）就切到 eval；
+    只冻结了一部分的模块，再往里一层看。"""
+    for child in module.children():
+        if not any(p.requires_grad for p in child.parameters()):
+            child.eval()
+        else:
+            _frozen_parts_to_eval(child)
 
 
 def make_optimizer(model, strategy: str, lr: float, *, backbone_lr_scale: float = 0.1, weight_decay: float = 0.0):
@@ -323,13 +336,16 @@ def make_optimizer(model, strategy: str, lr: float, *, backbone_lr_scale: float 
     """
     import torch
 
-    strategy = _check_strategy(strategy)
+    strategy = check_strategy(strategy)
     head_params = list(head_module(model).parameters())
     head_ids = {id(p) for p in head_params}
     backbone_params = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
     if strategy == "freeze":
         if backbone_params:
-            raise ValueError("strategy 为 freeze，但模型的主干没有冻结。用 cu.build_model(..., strategy=\"freeze\") 构建模型。")
+            raise ValueError(
+                "strategy 为 freeze，但模型的主干有参数要训练。用 cu.build_model(..., strategy=\"freeze\") 构建模型；"
+                "如果你有意解冻了一部分主干（例如 layer4），用 strategy=\"finetune\" 创建优化器，解冻的部分用较小的学习率。"
+            )
         groups = [{"params": head_params, "lr": lr, "name": "head"}]
     else:
         scale = backbone_lr_scale if strategy == "finetune" else 1.0
@@ -365,49 +381,3 @@ def _state_text(counts: dict) -> str:
     if counts["trainable"] == counts["total"]:
         return "训练"
     return "冻结" if counts["trainable"] == 0 else "部分训练"
-
-
-def plot_trainable_blocks(models: dict, title: str | None = None):
-    """画出每种策略下各顶层模块是冻结还是训练（格子里写参数量）。
-
-    参数：
-        models：{行标签: 模型}，例如 ``{s: cu.build_model(strategy=s, weights=None) for s in cu.STRATEGIES}``。
-    返回：
-        matplotlib Figure。
-    """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    tables = {label: trainable_summary(model).drop(index="合计") for label, model in models.items()}
-    blocks = list(next(iter(tables.values())).index)
-    status = pd.DataFrame({b: [float(t.loc[b, "可训练参数量"] > 0) for t in tables.values()] for b in blocks},
-                          index=[_row_label(label, models[label]) for label in tables])
-    counts = [[_short_count(t.loc[b, "参数量"]) for b in blocks] for t in tables.values()]
-    fig, ax = plt.subplots(figsize=(1.2 * len(blocks) + 2.5, 0.9 * len(models) + 1.2))
-    colors = ["#9bb7d4", "#e4572e"]  # 冻结：浅蓝；训练：橙红
-    sns.heatmap(status, ax=ax, cmap=ListedColormap(colors), vmin=0, vmax=1, cbar=False,
-                annot=pd.DataFrame(counts).values, fmt="", linewidths=2, linecolor="white",
-                annot_kws={"fontsize": 9})
-    ax.set_xlabel("模型的顶层模块（格子里是参数量）")
-    ax.set_ylabel("")
-    ax.tick_params(axis="y", rotation=0)
-    ax.legend(handles=[Patch(color=colors[1], label="训练"), Patch(color=colors[0], label="冻结")],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(title or "三种策略：哪些层参与训练")
-    return fig
-
-
-def _row_label(label: str, model) -> str:
-    counts = count_params(model)
-    name = f"{label}（{STRATEGY_NAMES[label]}）" if label in STRATEGY_NAMES else label
-    return f"{name}\n可训练 {_short_count(counts['trainable'])} / {_short_count(counts['total'])}"
-
-
-def _short_count(n: int) -> str:
-    """11689512 -> "11.69M"，15390 -> "15.4K"。"""
-    if n >= 1_000_000:
-        return f"{n / 1e6:.2f}M"
-    return f"{n / 1e3:.1f}K" if n >= 1000 else str(int(n))

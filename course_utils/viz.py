@@ -1,6 +1,6 @@
-"""绘图的公共部分：保存图表、图片网格、数据集的统计图、预处理效果图。
+"""绘图的公共部分：保存图表、图片网格、数据集的统计图、预处理效果图、模型哪些层训练、训练曲线。
 
-训练曲线、混淆矩阵等专题图放在各自的模块里（train.py、evaluate.py）。
+评估专用的图（混淆矩阵、top-k 条形图）在 evaluate.py，三种策略的对比图在 compare.py。
 所有函数都返回 matplotlib 的 Figure；中文字体由 ``cu.setup_notebook()`` 统一注册，这里不改全局设置。
 """
 
@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .checkpoints import best_epoch
 from .data import load_rgb_image
+from .models import STRATEGY_NAMES, count_params, trainable_summary
 from .paths import output_dir
 from .transforms import CHANNEL_NAMES, IMAGENET_MEAN, IMAGENET_STD, augmentation_steps, denormalize, pixels_by_channel
 
 __all__ = [
     "save_figure", "show_images", "show_batch", "plot_class_counts", "plot_image_sizes",
-    "show_augmentations", "plot_pixel_histogram",
+    "show_augmentations", "plot_pixel_histogram", "plot_trainable_blocks", "plot_history",
 ]
 
 
@@ -185,5 +187,86 @@ def plot_pixel_histogram(before, after, *, max_pixels: int = 20000, seed: int = 
                      palette=dict(zip(CHANNEL_NAMES, ("tab:red", "tab:green", "tab:blue"))))
         ax.set_title(title)
         ax.set_ylabel("像素个数")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- 模型与训练
+
+
+BLOCK_STATES = {"冻结": 0.0, "部分训练": 0.5, "训练": 1.0}  # trainable_summary 的“状态”列 -> 颜色
+BLOCK_COLORS = ["#9bb7d4", "#f2b880", "#e4572e"]  # 冻结：浅蓝；部分训练：浅橙；训练：橙红
+
+
+def plot_trainable_blocks(models: dict, title: str | None = None):
+    """画出每种策略下各顶层模块是冻结、部分训练还是训练（格子里写参数量）。
+
+    参数：
+        models：{行标签: 模型}，例如 ``{s: cu.build_model(strategy=s, weights=None) for s in cu.STRATEGIES}``。
+    返回：
+        matplotlib Figure。
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    tables = {label: trainable_summary(model).drop(index="合计") for label, model in models.items()}
+    blocks = list(next(iter(tables.values())).index)
+    status = pd.DataFrame({b: [BLOCK_STATES[t.loc[b, "状态"]] for t in tables.values()] for b in blocks},
+                          index=[_row_label(label, models[label]) for label in tables])
+    counts = [[_short_count(t.loc[b, "参数量"]) for b in blocks] for t in tables.values()]
+    fig, ax = plt.subplots(figsize=(1.2 * len(blocks) + 2.5, 0.9 * len(models) + 1.2))
+    sns.heatmap(status, ax=ax, cmap=ListedColormap(BLOCK_COLORS), vmin=-0.25, vmax=1.25, cbar=False,
+                annot=pd.DataFrame(counts).values, fmt="", linewidths=2, linecolor="white",
+                annot_kws={"fontsize": 9})
+    ax.set_xlabel("模型的顶层模块（格子里是参数量）")
+    ax.set_ylabel("")
+    ax.tick_params(axis="y", rotation=0)
+    shown = sorted(set(status.values.ravel()), reverse=True)  # 图例只列出图里出现的状态
+    ax.legend(handles=[Patch(color=BLOCK_COLORS[int(v * 2)], label=name) for name, v in BLOCK_STATES.items()
+                       if v in shown][::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(title or "三种策略：哪些层参与训练")
+    return fig
+
+
+def _row_label(label: str, model) -> str:
+    counts = count_params(model)
+    name = f"{label}（{STRATEGY_NAMES[label]}）" if label in STRATEGY_NAMES else label
+    return f"{name}\n可训练 {_short_count(counts['trainable'])} / {_short_count(counts['total'])}"
+
+
+def _short_count(n: int) -> str:
+    """11689512 -> "11.69M"，15390 -> "15.4K"。"""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}K" if n >= 1000 else str(int(n))
+
+
+def plot_history(history: list[dict], title: str | None = None):
+    """训练曲线：左边损失、右边准确率，训练集与验证集各一条线，虚线标出验证集最佳的一轮。"""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [record["epoch"] for record in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "loss", "损失（交叉熵）"), (axes[1], "acc", "准确率")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], marker="o", label="训练集")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], marker="s", label="验证集")
+        ax.set_xlabel("轮（epoch）")
+        ax.set_ylabel(label)
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        if len(epochs) <= 20:
+            ax.set_xticks(epochs)  # 轮数只取整数
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    best = best_epoch(history)
+    axes[1].axvline(best["epoch"], linestyle="--", color="gray", label=f"验证集最佳：第 {best['epoch']} 轮")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    for ax in axes:
+        ax.legend()
+    fig.suptitle(title or "训练曲线")
     fig.tight_layout()
     return fig

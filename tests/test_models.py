@@ -8,6 +8,7 @@ import copy
 import io
 import os
 import urllib.error
+import warnings
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torchvision.models import ResNet18_Weights, resnet18
 
 import course_utils as cu
-from course_utils.models import PretrainedWeightsWarning, WeightsUnavailable
+from course_utils.models import WeightsUnavailable
 
 NUM_CLASSES = 5
 
@@ -146,15 +147,50 @@ def test_finetune_changes_the_backbone_and_gives_the_head_a_larger_learning_rate
 
 def test_freeze_optimizer_refuses_a_model_whose_backbone_is_not_frozen():
     model = cu.build_model("resnet18", NUM_CLASSES, "finetune", weights=None)
-    with pytest.raises(ValueError, match="主干没有冻结"):
+    with pytest.raises(ValueError, match="主干有参数要训练.*strategy=\"finetune\""):
         cu.make_optimizer(model, "freeze", lr=0.01)
+
+
+def _batchnorms_training(module):
+    return {m.training for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+
+def test_a_partially_unfrozen_freeze_model_trains_exactly_the_unfrozen_part_including_its_batchnorm():
+    # 01 的练习 2：在 freeze 模型上解冻 layer4。解冻的部分要真的训练（BN 也用训练模式），其余仍然冻结
+    torch.manual_seed(0)
+    model = cu.build_model("resnet18", NUM_CLASSES, "freeze", weights=None)
+    model.layer4.requires_grad_(True)
+    before = _snapshot(model)
+    _one_step(model, cu.make_optimizer(model, "finetune", lr=0.01))
+    after = model.state_dict()
+    assert _batchnorms_training(model.layer4) == {True}
+    assert _batchnorms_training(model.layer3) == {False} and not model.bn1.training
+    assert not torch.equal(before["layer4.1.bn2.running_mean"], after["layer4.1.bn2.running_mean"])
+    assert not torch.equal(before["layer4.0.conv1.weight"], after["layer4.0.conv1.weight"])
+    unchanged = [k for k in after if not k.startswith(("layer4.", "fc.")) and not torch.equal(before[k], after[k])]
+    assert unchanged == []
+    assert cu.trainable_summary(model).loc["layer4", "状态"] == "训练"
+
+
+def test_inside_a_partly_unfrozen_block_only_the_modules_with_trainable_parameters_train():
+    model = cu.build_model("resnet18", NUM_CLASSES, "freeze", weights=None)
+    model.layer4[1].requires_grad_(True)  # layer4 只解冻了后半块
+    model.train()
+    assert _batchnorms_training(model.layer4[0]) == {False}
+    assert _batchnorms_training(model.layer4[1]) == {True}
+    assert model.training and model.layer4.training and model.fc.training
+    assert cu.trainable_summary(model).loc["layer4", "状态"] == "部分训练"
+    model.layer4.requires_grad_(False)  # 再冻结回去：下一次 train() 就回到评估模式
+    model.train()
+    assert _batchnorms_training(model) == {False}
 
 
 # ---------------------------------------------------------------- 权重从哪里来
 
 
-def test_imagenet_weights_load_through_torchvision_from_the_hub_cache(hub_cache, fake_imagenet_state, offline):
+def test_imagenet_weights_load_through_torchvision_from_the_hub_cache(hub_cache, fake_imagenet_state, offline, capsys):
     model = cu.build_model("resnet18", NUM_CLASSES, "finetune", weights="IMAGENET1K_V1", weights_required=True)
+    assert capsys.readouterr().out == model.course_info["weights_note"] + "\n"  # 说一句权重从哪里来
     assert _backbone_equals(model, fake_imagenet_state)
     assert model.fc.out_features == NUM_CLASSES
     info = model.course_info
@@ -203,25 +239,31 @@ def test_empty_cache_with_required_weights_raises_a_chinese_message(tmp_path, mo
     assert not list(expected_file.parent.glob("*")), "下载失败不应留下半个文件"
 
 
-def test_empty_cache_without_requirement_falls_back_loudly_and_never_says_imagenet(tmp_path, monkeypatch, offline, capsys):
+@pytest.mark.parametrize("strategy, effect", [("freeze", "冻结的是一个随机网络"),
+                                              ("finetune", "finetune 等同于从头训练（只是主干学习率更小）")])
+def test_empty_cache_without_requirement_prints_one_banner_and_never_says_imagenet(
+        tmp_path, monkeypatch, offline, capfd, strategy, effect):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
-    with pytest.warns(PretrainedWeightsWarning):
-        model = cu.build_model("resnet18", NUM_CLASSES, "freeze", weights="IMAGENET1K_V1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 不再另发警告：笔记本里它会变成一段带源代码行的红色 stderr
+        model = cu.build_model("resnet18", NUM_CLASSES, strategy, weights="IMAGENET1K_V1")
     info = model.course_info
     assert info["weights"] is None
     assert info["weights_note"].startswith("未使用预训练权重")
     assert "ImageNet" not in info["weights_note"] and "已加载" not in info["weights_note"]
-    shown = capsys.readouterr().out
-    assert "【注意】没有加载预训练权重" in shown and "TORCH_HOME" in shown
-    assert "改用 demo 档位" not in shown  # 已经在退回随机初始化了，不再劝人改用 demo
+    out, err = capfd.readouterr()
+    assert err == "" and offline, "尝试过下载，但 stderr 上什么也没有"
+    assert out.count("【注意】") == 1 and f"【注意】{info['weights_note']}" in out  # 只有一段提示，开头就是那句说明
+    assert "TORCH_HOME" in out and effect in out
+    assert "Downloading" not in out  # torch hub 的 “Downloading: …” 在下载失败时只会误导人
+    assert "改用 demo 档位" not in out  # 已经在退回随机初始化了，不再劝人改用 demo
 
 
 def test_missing_local_file_follows_weights_required(tmp_path, offline):
     missing = tmp_path / "nope" / "resnet18.pth"
     with pytest.raises(WeightsUnavailable, match="找不到本地权重文件"):
         cu.build_model("resnet18", NUM_CLASSES, "finetune", weights=str(missing), weights_required=True)
-    with pytest.warns(PretrainedWeightsWarning):
-        model = cu.build_model("resnet18", NUM_CLASSES, "finetune", weights=str(missing))
+    model = cu.build_model("resnet18", NUM_CLASSES, "finetune", weights=str(missing))
     assert model.course_info["weights"] is None
 
 
@@ -276,12 +318,16 @@ def test_plot_trainable_blocks_colours_follow_the_real_models():
 
     cu.setup_chinese_font()
     models = {s: cu.build_model("resnet18", 30, s, weights=None) for s in cu.STRATEGIES}
+    models["解冻一半 layer4"] = cu.build_model("resnet18", 30, "freeze", weights=None)
+    models["解冻一半 layer4"].layer4[1].requires_grad_(True)
     fig = cu.plot_trainable_blocks(models)
     ax = fig.axes[0]
-    grid = ax.collections[0].get_array().reshape(3, -1)
+    grid = ax.collections[0].get_array().reshape(4, -1)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
     assert grid[0].tolist() == [0, 0, 0, 0, 0, 0, 1]  # freeze：只有 fc 训练
-    assert grid[1:].min() == 1  # finetune、scratch：全部训练
+    assert grid[1:3].min() == 1  # finetune、scratch：全部训练
+    assert grid[3].tolist() == [0, 0, 0, 0, 0, 0.5, 1]  # 部分训练的块单独一种颜色
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["训练", "部分训练", "冻结"]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[0].startswith("freeze") and "15.4K" in labels[0]
     fig.savefig(io.BytesIO(), format="png")

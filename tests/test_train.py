@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 import course_utils as cu
-from course_utils.train import CheckpointError, CheckpointNotFound
+from course_utils.checkpoints import CheckpointError, CheckpointNotFound
 
 NUM_CLASSES = 3
 
@@ -68,6 +68,7 @@ def test_checkpoint_round_trip_through_weights_only_gives_identical_predictions(
                                                                     "weights_note": "未使用预训练权重：测试"})
     raw = torch.load(path, weights_only=True)  # 不需要任何 allowlist
     assert set(raw) == {"state_dict", "meta"}
+    assert cu.read_checkpoint(path)["meta"] == raw["meta"]
     loaded, meta = cu.load_checkpoint(path)
     images = _tensors(n=6, seed=5)[0]
     assert torch.equal(_predict(model, images), _predict(loaded, images))
@@ -80,7 +81,8 @@ def test_fit_writes_best_and_last_checkpoints_with_complete_metadata(tmp_path):
     train, val = _loaders()
     history = cu.fit(model, train, val, epochs=3, device="cpu", checkpoint_dir=tmp_path, meta=_meta(), lr=0.01)
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+    assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "cache_seconds"}
+    assert all(h["cache_seconds"] == 0 for h in history)
     _, best_meta = cu.load_checkpoint(tmp_path / "scratch_best.pt")
     best = max(history, key=lambda h: (h["val_acc"], -h["epoch"]))
     assert best_meta["best_epoch"] == best["epoch"] and best_meta["best_val_acc"] == best["val_acc"]
@@ -211,7 +213,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run_exactly(tmp_path, mon
     history = cu.fit(resumed, train, val, checkpoint_dir=tmp_path / "b", resume=True, **common)
 
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "cache_seconds")} for h in hs]  # noqa: E731
     assert strip(history) == strip(expected)
     state, expected_state = resumed.state_dict(), reference.state_dict()
     assert all(torch.equal(state[k], expected_state[k]) for k in expected_state)
@@ -275,6 +277,28 @@ def test_feature_cache_uses_the_eval_transform_and_leaves_the_backbone_untouched
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
     assert [h["epoch"] for h in history] == [1, 2, 3] and all(0 <= h["val_acc"] <= 1 for h in history)
+    cache = [h["cache_seconds"] for h in history]
+    assert cache[0] > 0 and cache[1:] == [0, 0] and history[0]["seconds"] >= cache[0]
+
+
+def test_cached_features_with_max_batches_are_a_seeded_random_sample_shuffled_by_the_loader_generator():
+    # 训练集按类别排好序：以前只缓存前几个批次，就只会看到第一个类别
+    images, labels = _tensors()
+    order = torch.argsort(labels, stable=True)
+    train_ds = TensorDataset(images[order][:24], labels[order][:24])
+    model = _model("freeze")
+
+    def cached_labels(seed):
+        train = DataLoader(train_ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        val = DataLoader(TensorDataset(images[24:], labels[24:]), batch_size=4)
+        _, train_data, _, _ = cu.cache_features(model, train, val, "cpu", max_batches=2)
+        assert train_data.generator is train.generator  # 用种子固定的生成器打乱，不用全局随机数
+        return torch.cat([batch_labels for _, batch_labels in train_data]).tolist()
+
+    first, again = cached_labels(3), cached_labels(3)
+    assert len(first) == 8 and first == again  # 同一个种子：同样的样本、同样的顺序
+    assert len(set(first)) > 1, "应该从全部训练图片里随机抽，而不是只取排在最前面的类别"
+    assert cached_labels(4) != first  # 换一个种子，抽到的样本（或顺序）就不同
 
 
 def test_cached_and_uncached_freeze_training_compute_the_same_features():
@@ -333,13 +357,29 @@ def test_metrics_json_is_readable_chinese_and_summarize_run_has_every_key(tmp_pa
     assert set(metrics) == {
         "strategy", "profile", "arch", "weights", "weights_note", "epochs", "image_size", "batch_size", "lr",
         "seed", "best_epoch", "best_val_acc", "test_acc", "test_loss", "trainable_params", "total_params",
-        "seconds_total", "seconds_per_epoch", "feature_cache", "device", "history", "settings"}
+        "seconds_total", "seconds_per_epoch", "cache_seconds", "feature_cache", "device", "history", "settings"}
     assert metrics["best_epoch"] == 1 and metrics["seconds_total"] == 3.0 and metrics["seconds_per_epoch"] == 1.5
+    assert metrics["cache_seconds"] == 0  # 旧的历史记录没有 cache_seconds 也能汇总
     assert metrics["device"] == "cpu" and metrics["settings"]["strategy"] == "freeze"
     path = cu.write_metrics(tmp_path / "metrics" / "freeze.json", metrics)
     text = path.read_text(encoding="utf-8")
     assert "未使用预训练权重" in text and '\n  "strategy": "freeze"' in text
     assert cu.read_metrics(path) == json.loads(text) == metrics
+    summary = cu.metrics_summary(metrics, path)["取值"]
+    assert summary["测试准确率"] == "62.5%" and summary["最佳验证准确率"] == "50.0%"
+    assert summary["缓存特征"].startswith("是") and summary["指标文件"] == str(path)
+    assert summary["初始权重"] == metrics["weights_note"]
+
+
+def test_history_table_formats_percentages_and_hides_an_empty_cache_column():
+    history = [{"epoch": 1, "train_loss": 1.23456, "train_acc": 0.4, "val_loss": 0.9, "val_acc": 0.18888888,
+                "lr": 0.001, "seconds": 2.0, "cache_seconds": 0.0}]
+    table = cu.history_table(history)
+    assert list(table.data.columns) == ["训练损失", "训练准确率", "验证损失", "验证准确率", "学习率", "用时（秒）"]
+    html = table.to_html()
+    assert "18.9%" in html and "1.235" in html and "0.18888888" not in html
+    cached = cu.history_table([{**history[0], "cache_seconds": 1.5}])
+    assert "其中缓存特征（秒）" in cached.data.columns
 
 
 @pytest.mark.filterwarnings("error:Glyph:UserWarning")
@@ -362,7 +402,7 @@ def test_plot_history_draws_both_curves_and_marks_the_best_epoch():
 
 def test_step_timing_shows_freeze_skips_the_backbone_backward():
     images, labels = _tensors(n=8)
-    table = cu.time_training_steps(images, labels, "cpu", num_classes=NUM_CLASSES, repeats=1)
+    table = cu.time_training_steps(images, labels, "cpu", num_classes=NUM_CLASSES, repeats=1, warmup=0)
     assert len(table) == 3 and (table["每批用时（毫秒）"] > 0).all()
     gradients = table["要计算梯度的参数"].tolist()
     assert gradients[0] == 512 * NUM_CLASSES + NUM_CLASSES and gradients[1] == gradients[2] > 10_000_000
@@ -372,10 +412,14 @@ def test_step_timing_shows_freeze_skips_the_backbone_backward():
 # ---------------------------------------------------------------- 与课程数据、档位的衔接
 
 
-def test_training_defaults_fill_strategy_feature_cache_and_resize():
+def test_training_defaults_fill_strategy_feature_cache_and_keep_the_resize():
     demo = cu.with_training_defaults(cu.resolve_settings("demo", strategy="Freeze", image_size=64))
     assert demo.extra == {"strategy": "freeze", "arch": "resnet18", "feature_cache": True}
-    assert demo.resize_size == round(64 * 128 / 112)  # 与档位默认的 128/112 同比例
+    assert demo.resize_size == round(64 * 128 / 112)  # resolve_settings 已按档位的 128/112 同比例缩放
+    chosen = cu.resolve_settings("demo", image_size=64, resize_size=64)
+    assert cu.with_training_defaults(chosen).resize_size == 64  # 自己给的 resize_size 不被改动
+    replaced = cu.resolve_settings("demo").replace(image_size=24, resize_size=28)
+    assert cu.with_training_defaults(replaced).resize_size == 28
     full = cu.with_training_defaults(cu.resolve_settings("full", strategy="freeze"))
     assert full.extra["feature_cache"] is False and full.resize_size == 256  # full 保留数据增广
     finetune = cu.with_training_defaults(cu.resolve_settings("quick", strategy="finetune"))
@@ -387,7 +431,7 @@ def test_training_defaults_fill_strategy_feature_cache_and_resize():
 
 
 def test_feature_cache_with_course_datasets_reads_train_images_with_the_eval_transform():
-    from course_utils.train import _find_transform, _without_augmentation
+    from course_utils.features import _find_transform, _without_augmentation
 
     settings = cu.resolve_settings("smoke")
     splits = cu.make_datasets(settings, cu.prepare_dataset(settings))

@@ -1,0 +1,281 @@
+"""检查点与指标文件：存在哪里、存什么、怎样安全地写和读。
+
+检查点只保存 ``state_dict`` 和由普通类型（字符串、数字、列表、字典）组成的元数据，
+所以可以用 ``torch.load(..., weights_only=True)`` 安全地加载；写文件时先写临时文件再改名，
+中途出错不会留下半个文件，也不会毁掉上一次的检查点。指标是 UTF-8 的 JSON，05 和 06 从这里读取。
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import platform
+import tempfile
+from pathlib import Path
+
+from .models import build_model, count_params
+from .paths import display_path, output_dir
+
+__all__ = [
+    "CheckpointError", "CheckpointNotFound", "checkpoint_path", "metrics_path", "save_checkpoint",
+    "load_checkpoint", "read_checkpoint", "library_versions", "write_metrics", "read_metrics", "best_epoch",
+    "training_meta", "summarize_run", "metrics_summary",
+]
+
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+class CheckpointError(RuntimeError):
+    """文件不是课程的检查点，或者与当前设置不一致。"""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """检查点文件不存在（还没有运行 04 训练）。"""
+
+
+# ---------------------------------------------------------------- 位置
+
+
+def checkpoint_path(profile: str, strategy: str, kind: str = "best") -> Path:
+    """检查点位置：``outputs/<档位>/checkpoints/<strategy>_<kind>.pt``；kind 为 "best" 或 "last"。"""
+    if kind not in ("best", "last"):
+        raise ValueError(f"kind 只能是 \"best\"（验证集最优）或 \"last\"（最后一轮，续训用），收到 {kind!r}。")
+    return output_dir(profile, "checkpoints") / f"{strategy}_{kind}.pt"
+
+
+def metrics_path(profile: str, strategy: str) -> Path:
+    """指标 JSON 的位置：``outputs/<档位>/metrics/<strategy>.json``。"""
+    return output_dir(profile, "metrics") / f"{strategy}.json"
+
+
+# ---------------------------------------------------------------- 写检查点
+
+
+def save_checkpoint(path, model, meta: dict, *, train_state: dict | None = None) -> Path:
+    """把 ``{"state_dict", "meta"}``（续训时再加 "train_state"）原子地写到 path。
+
+    meta 只能含普通类型（str、int、float、bool、None 以及它们组成的 list / dict），
+    这样加载时可以用 ``weights_only=True``。先写同目录下的临时文件并 fsync，再 ``os.replace`` 改名：
+    任何一步出错，旧文件原样保留，临时文件被删掉。
+    """
+    _check_plain(meta, "meta")
+    state_dict = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    payload = {"state_dict": state_dict, "meta": meta}
+    if train_state is not None:
+        payload["train_state"] = train_state
+    path = Path(path)
+    _atomic_write(path, lambda f: _torch_save(payload, f))
+    return path
+
+
+def _torch_save(payload, file) -> None:
+    import torch
+
+    torch.save(payload, file)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """先写临时文件（同一目录）、刷到磁盘，再改名成 path；出错时删除临时文件并继续抛出。"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """让改名本身也落盘（POSIX）；Windows 不支持打开目录，跳过。"""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_plain(value, where: str) -> None:
+    """确认 value 只由普通类型组成，否则用中文指出是哪一项。"""
+    if type(value) is dict:
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"检查点元数据 {where} 的键必须是字符串，收到 {key!r}。")
+            _check_plain(item, f"{where}[{key!r}]")
+    elif type(value) in (list, tuple):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+    elif type(value) not in PLAIN_TYPES:  # 严格比较类型：numpy.float64 之类的子类也不行
+        raise TypeError(
+            f"检查点元数据 {where} 是 {type(value).__name__}，只能用 str、int、float、bool、None、list、dict，"
+            "否则无法用 weights_only=True 安全加载。先把它转换成普通类型（例如 str(path)、float(x)）。"
+        )
+
+
+def library_versions() -> dict:
+    """torch、torchvision、Python 的版本号（普通字符串），写进检查点元数据。"""
+    import torch
+    import torchvision
+
+    # str()：torch.__version__ 是 str 的子类，原样保存会让 weights_only=True 拒绝加载
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------- 读检查点
+
+
+def load_checkpoint(path, device="cpu"):
+    """安全地加载课程检查点，返回 ``(model, meta)``；模型已放到 device 上并处于评估模式（eval）。
+
+    用 meta 里的 arch、num_classes、strategy 重建模型（不加载任何预训练权重），
+    再用 ``weights_only=True`` 读入 state_dict。``model.course_info`` 里的 weights / weights_note
+    换成训练时的实际情况。
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFound(_missing_checkpoint_message(path))
+    payload = read_checkpoint(path)
+    meta = payload["meta"]
+    model = build_model(meta["arch"], num_classes=meta["num_classes"], strategy=meta["strategy"], weights=None)
+    model.load_state_dict(payload["state_dict"])
+    model.course_info.update(weights=meta.get("weights"), weights_note=meta.get("weights_note"),
+                             checkpoint=str(path))
+    return model.to(torch.device(device)).eval(), meta
+
+
+def read_checkpoint(path) -> dict:
+    """用 weights_only=True 读出检查点文件的全部内容（字典：state_dict、meta，续训用的还有 train_state），
+    不重建模型；想看看检查点里存了什么时用它。不是课程检查点时给出中文解释。"""
+    import torch
+
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"拒绝加载 {display_path(path)}：它不是课程的检查点，像是用 torch.save(model) 保存的整个模型（原教程的做法）。"
+            "这种文件加载时要执行文件里的 Python 代码（pickle），来源不明时并不安全，PyTorch 2.6 起默认拒绝；"
+            "而且换了库版本就可能读不出来。课程只保存 state_dict 和元数据。"
+            "办法：运行 04_train.ipynb 重新训练；或者（只在你信任这个文件时）自己用 "
+            "torch.load(路径, weights_only=False) 取出模型，再保存它的 state_dict()。"
+        ) from exc
+    except (RuntimeError, EOFError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"{display_path(path)} 读不出来，文件可能已损坏或不是 PyTorch 文件（{exc}）。重新运行 04 生成它。"
+        ) from exc
+    if not (isinstance(payload, dict) and "state_dict" in payload and "meta" in payload):
+        raise CheckpointError(
+            f"{display_path(path)} 不是课程的检查点：缺少 \"state_dict\" 和 \"meta\" 两项（可能只是一个裸的 state_dict）。"
+            "没有元数据就不知道模型结构和类别名。用 04_train.ipynb 训练，生成的检查点才能在这里加载。"
+        )
+    return payload
+
+
+def _missing_checkpoint_message(path: Path) -> str:
+    strategy = path.stem.rsplit("_", 1)[0] or "freeze"
+    profile = path.parent.parent.name if path.parent.name == "checkpoints" else "（你的档位）"
+    return (
+        f"找不到检查点 {display_path(path)}。它是 04_train.ipynb 训练后写出的：先在 {profile} 档位下运行 04，"
+        f"并把 STRATEGY 设为 \"{strategy}\"，例如\n"
+        f"  python -m course_utils run --profile {profile} --only 04 -p STRATEGY={strategy}"
+    )
+
+
+# ---------------------------------------------------------------- 一次训练的记录
+
+
+def best_epoch(history: list[dict]) -> dict:
+    """验证准确率最高的那一轮（并列时取最早的一轮）。"""
+    if not history:
+        raise ValueError("历史记录是空的：还没有训练任何一轮。")
+    return max(history, key=lambda record: (record["val_acc"], -record["epoch"]))
+
+
+def training_meta(settings, class_names, *, mean=None, std=None) -> dict:
+    """检查点里与数据有关的元数据：类别名、图片尺寸、归一化参数、档位与全部设置。"""
+    from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return {
+        "class_names": [str(name) for name in class_names],
+        "image_size": int(settings.image_size), "resize_size": int(settings.resize_size),
+        "mean": [float(v) for v in (mean if mean is not None else IMAGENET_MEAN)],
+        "std": [float(v) for v in (std if std is not None else IMAGENET_STD)],
+        "profile": settings.profile, "settings": settings.to_dict(),
+    }
+
+
+def summarize_run(model, history: list[dict], settings, *, strategy: str, device, test: dict | None = None,
+                  feature_cache: bool = False) -> dict:
+    """把一次训练整理成指标字典（写入 metrics JSON，06 笔记本用它做对比）。
+
+    参数：
+        test：测试集上的 ``{"loss", "acc"}``（``evaluate_accuracy`` 的结果）；还没测就是 None。
+    返回的 cache_seconds 是提取特征缓存的总用时（已经算在 seconds_total 里；不缓存时为 0）。
+    """
+    info, best, counts = model.course_info, best_epoch(history), count_params(model)
+    seconds = [record["seconds"] for record in history]
+    return {
+        "strategy": strategy, "profile": settings.profile, "arch": info["arch"],
+        "weights": info["weights"], "weights_note": info["weights_note"],
+        "epochs": len(history), "image_size": settings.image_size, "batch_size": settings.batch_size,
+        "lr": settings.lr, "seed": settings.seed,
+        "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
+        "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
+        "trainable_params": counts["trainable"], "total_params": counts["total"],
+        "seconds_total": sum(seconds), "seconds_per_epoch": sum(seconds) / len(seconds),
+        "cache_seconds": sum(record.get("cache_seconds", 0.0) for record in history),
+        "feature_cache": bool(feature_cache), "device": str(device),
+        "history": [dict(record) for record in history], "settings": settings.to_dict(),
+    }
+
+
+def metrics_summary(metrics: dict, path=None):
+    """把指标字典里最要紧的几项整理成“项目 / 取值”小表（百分数、秒数已格式化）；给出 path 时加一行文件位置。"""
+    import pandas as pd
+
+    def percent(value):
+        return "—" if value is None else f"{value:.1%}"
+
+    rows = {
+        "策略": metrics["strategy"],
+        "初始权重": metrics.get("weights_note") or metrics.get("weights") or "随机初始化",
+        "最佳轮次": metrics["best_epoch"],
+        "最佳验证准确率": percent(metrics["best_val_acc"]),
+        "测试准确率": percent(metrics.get("test_acc")),
+        "可训练参数": f"{metrics['trainable_params']:,} / {metrics['total_params']:,}",
+        "每轮用时（秒）": f"{metrics['seconds_per_epoch']:.2f}",
+        "缓存特征": f"是（提取特征共 {metrics.get('cache_seconds', 0.0):.1f} 秒，已计入用时）"
+        if metrics.get("feature_cache") else "否",
+    }
+    if path is not None:
+        rows["指标文件"] = display_path(path)
+    return pd.DataFrame({"取值": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="项目"))
+
+
+# ---------------------------------------------------------------- 指标文件
+
+
+def write_metrics(path, metrics: dict) -> Path:
+    """把指标写成 UTF-8 JSON（中文原样保存、缩进 2），先写临时文件再改名。"""
+    _check_plain(metrics, "metrics")
+    text = json.dumps(metrics, ensure_ascii=False, indent=2) + "\n"
+    path = Path(path)
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def read_metrics(path) -> dict:
+    """读取 write_metrics 写的 JSON。"""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
