@@ -26,6 +26,8 @@ import types
 import urllib.error
 from pathlib import Path
 
+from .paths import display_path
+
 __all__ = [
     "STRATEGIES", "STRATEGY_NAMES", "check_strategy", "build_model", "WeightsUnavailable",
     "head_module", "freeze_backbone", "make_optimizer", "count_params", "trainable_summary",
@@ -219,7 +221,7 @@ def _load_local_weights(arch: str, path: Path):
 
     if not path.is_file():
         raise WeightsUnavailable(
-            f"找不到本地权重文件 {path}。检查路径是否写对；也可以改用权重名（如 \"IMAGENET1K_V1\"），"
+            f"找不到本地权重文件 {display_path(path)}。检查路径是否写对；也可以改用权重名（如 \"IMAGENET1K_V1\"），"
             "让 torchvision 从缓存或网络获取。"
         )
     model = _random_model(arch)
@@ -228,12 +230,12 @@ def _load_local_weights(arch: str, path: Path):
         model.load_state_dict(state_dict)
     except BAD_FILE_ERRORS as exc:
         raise WeightsUnavailable(
-            f"本地文件 {path} 不是 {arch} 的预训练权重（{str(exc)[:300]}）。它应该是 {arch}.state_dict() "
+            f"本地文件 {display_path(path)} 不是 {arch} 的预训练权重（{str(exc)[:300]}）。它应该是 {arch}.state_dict() "
             "保存成的文件（原始 1000 类的结构），例如 torchvision 下载的权重文件。"
         ) from exc
     enum = _match_official_file(arch, path)
     what = f"{_describe(enum)}（{enum.name}，文件校验和与官方一致）" if enum else "预训练权重（来源无法核实）"
-    return model, {"weights": str(path), "weights_note": f"已加载{what}，来自本地文件 {path}。"}
+    return model, {"weights": str(path), "weights_note": f"已加载{what}，来自本地文件 {display_path(path)}。"}
 
 
 def _match_official_file(arch: str, path: Path):

@@ -16,6 +16,7 @@ from pathlib import Path
 from .checkpoints import CheckpointError, best_epoch, library_versions, read_checkpoint, save_checkpoint
 from .features import cache_features
 from .models import build_model, check_strategy, head_module, make_optimizer
+from .paths import display_path
 from .progress import is_headless, progress_bar
 
 __all__ = ["fit", "evaluate_accuracy", "with_training_defaults", "history_table", "time_training_steps"]
@@ -207,7 +208,8 @@ class _Run:
         """中断时告诉学习者：已完成几轮、存在哪里、怎样接着训练。"""
         if self.checkpoint_dir is None or not self.history:
             return ""
-        return f"已完成的 {len(self.history)} 轮保存在 {self.path('last')}；设 RESUME = True（fit 的 resume=True）可以接着训练。"
+        return (f"已完成的 {len(self.history)} 轮保存在 {display_path(self.path('last'))}；"
+                "设 RESUME = True（fit 的 resume=True）可以接着训练。")
 
     # ---- 检查点与续训
 
@@ -246,7 +248,7 @@ class _Run:
             raise ValueError("resume=True 需要同时给出 checkpoint_dir（续训从那里的 *_last.pt 读取）。")
         path = self.path("last")
         if not path.is_file():
-            print(f"没有找到续训用的检查点 {path}，从第 1 轮开始训练。")
+            print(f"没有找到续训用的检查点 {display_path(path)}，从第 1 轮开始训练。")
             return
         payload = read_checkpoint(path)
         meta, state = payload["meta"], payload.get("train_state")
@@ -259,7 +261,7 @@ class _Run:
             self.scaler.load_state_dict(state["scaler"])
         self.pending_rng = (state["rng"], state.get("generator"))
         self.history = [dict(record) for record in meta["history"]]
-        print(f"从 {path} 接着训练：前 {len(self.history)} 轮已经完成。")
+        print(f"从 {display_path(path)} 接着训练：前 {len(self.history)} 轮已经完成。")
 
     def _check_compatible(self, meta: dict, state, path: Path) -> None:
         """last 检查点必须来自同一种模型、策略和类别数，并且带着续训信息。"""
@@ -268,7 +270,7 @@ class _Run:
         current = (info["arch"], self.strategy, info["num_classes"])
         if state is None or saved != current:
             raise CheckpointError(
-                f"不能从 {path} 续训：它记录的（模型, 策略, 类别数）是 {saved}，现在是 {current}"
+                f"不能从 {display_path(path)} 续训：它记录的（模型, 策略, 类别数）是 {saved}，现在是 {current}"
                 f"{'' if state is not None else '，而且它不含续训信息'}。换一个 run_name，或设 RESUME = False 从头训练。"
             )
 
