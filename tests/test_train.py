@@ -408,6 +408,20 @@ def test_step_timing_shows_freeze_skips_the_backbone_backward():
     assert gradients[0] == 512 * NUM_CLASSES + NUM_CLASSES and gradients[1] == gradients[2] > 10_000_000
 
 
+def test_step_timing_skips_warm_up_rounds_and_takes_the_median(monkeypatch):
+    import course_utils.train as train_module
+
+    # 三种做法轮流各走一步：先 2 轮热身（很慢），再计时 5 轮；freeze 的第 3 轮被别的进程拖慢了
+    per_round = [(9, 9, 9), (9, 9, 9), (1, 3, 4), (1, 3, 4), (50, 3, 4), (1, 3, 4), (1, 3, 4)]
+    fake = iter(seconds for round_ in per_round for seconds in round_)
+    monkeypatch.setattr(train_module, "_timed", lambda step, images, labels: next(fake))
+    images, labels = _tensors(n=2)
+    table = cu.time_training_steps(images, labels, "cpu", num_classes=NUM_CLASSES)  # 默认：热身 2 轮，计时 5 轮
+    assert table["每批用时（毫秒）"].tolist() == [1000.0, 3000.0, 4000.0]
+    assert table["相对 freeze"].tolist() == [1.0, 3.0, 4.0]
+    assert next(fake, None) is None  # 正好走了 (2 + 5) × 3 步
+
+
 
 # ---------------------------------------------------------------- 与课程数据、档位的衔接
 
