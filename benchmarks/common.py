@@ -227,6 +227,8 @@ def render_markdown(results: dict) -> str:
     ]
     if results["targets"]:
         lines += ["## 目标", "", markdown_table([Target(**t).to_row() for t in results["targets"]]), ""]
+        if results.get("quick"):
+            lines += ["--quick 只检查流程能不能跑通：数据和轮数都很少，固定开销占了大头，这些数字不作结论。", ""]
     lines += [Section(**s).to_markdown() for s in results["sections"]]
     return "\n".join(lines)
 

@@ -205,18 +205,26 @@ def run(device, quick: bool = False, context: dict | None = None) -> tuple[Secti
     forward = [forward_pass_seconds(modes[-1].model, settings, splits, root, cache_loaders, device)]
     cached_model, history, cached_seconds = run_cached(state, settings, splits, cache_loaders, device, FULL_EPOCHS)
     forward.append(forward_pass_seconds(modes[-1].model, settings, splits, root, cache_loaders, device))
-    test = [cu.evaluate_accuracy(m.model, l.test, device, channels_last=uses_channels_last(m.model))["acc"]
-            for m, l in zip(modes, loaders)]
-    test.append(cu.evaluate_accuracy(cached_model, cache_loaders.test, device,
-                                     channels_last=uses_channels_last(cached_model))["acc"])
-    if context is not None:  # 第 5 节据此算整轮达到峰值的比例
-        sizes = {"train": len(splits.train_ds), "val": len(splits.val_ds)}
-        context["epochs"] = {mode.label.split("（")[0]: {"kind": "freeze" if isinstance(mode, CourseFreezeMode)
-                                                        else "finetune", "seconds": median(s), **sizes}
-                             for mode, s in zip(modes, seconds)}
+    test_batches = 2 if quick else None  # --quick 只测 2 个批次的测试集
+    models = [m.model for m in modes] + [cached_model]
+    test = [cu.evaluate_accuracy(model, l.test, device, max_batches=test_batches,
+                                 channels_last=uses_channels_last(model))["acc"]
+            for model, l in zip(models, loaders + [cache_loaders])]
+    record_epochs(context, modes, seconds, splits)
+    n_test = min(len(splits.test_ds), (test_batches or 10**9) * settings.batch_size)
     details = dict(settings=settings, splits=splits, loaders=loaders[0], epochs=epochs, state=state,
-                   forward=min(forward), n_test=len(splits.test_ds))
+                   forward=min(forward), n_test=n_test)
     return summarize(modes, seconds, cached_model, history, cached_seconds, test, details)
+
+
+def record_epochs(context: dict | None, modes, seconds, splits) -> None:
+    """把每种做法一轮的用时和图片数留给第 5 节，算整轮达到峰值的比例。"""
+    if context is None:
+        return
+    sizes = {"train": len(splits.train_ds), "val": len(splits.val_ds)}
+    context["epochs"] = {mode.label.split("（")[0]: {"kind": "freeze" if isinstance(mode, CourseFreezeMode)
+                                                    else "finetune", "seconds": median(s), **sizes}
+                         for mode, s in zip(modes, seconds)}
 
 
 def summarize(modes, seconds, cached_model, history, cached_seconds, test, ctx) -> tuple[Section, list[Target]]:

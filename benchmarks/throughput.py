@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="（内部）torch.compile 的子进程测量")
     parser.add_argument("--compile-probe", required=True, choices=["finetune", "scratch", "freeze"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
     print(json.dumps(compile_probe(args.compile_probe, args.device, args.steps)))
     return 0
