@@ -91,8 +91,10 @@ def run(device, quick: bool = False, context: dict | None = None):
         rows = [{"笔记本": "（整个课程）", "说明": result["error"]}]
     else:
         rows = [{"笔记本": name, "用时（秒）": seconds, "用时（分钟）": seconds / 60} for name, seconds in result["notebooks"]]
+        core = sum(seconds for name, seconds in result["notebooks"] if "/" not in name)
         total = sum(seconds for _, seconds in result["notebooks"])
-        rows.append({"笔记本": "合计", "用时（秒）": total, "用时（分钟）": total / 60})
+        rows.append({"笔记本": "合计：核心笔记本 00–07（学习者依次运行的）", "用时（秒）": core, "用时（分钟）": core / 60})
+        rows.append({"笔记本": "合计：再加 solutions/ 里的参考答案", "用时（秒）": total, "用时（分钟）": total / 60})
     notes = [
         f"quick 档位：每类最多 {settings.per_class_limit} 张训练图（再分层划出 {settings.val_fraction:.0%} 作验证集），"
         f"{settings.image_size} 像素，{settings.epochs} 轮，批量 {settings.batch_size}；测试集是 val/ 的全部 1078 张。",
