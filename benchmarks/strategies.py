@@ -47,7 +47,7 @@ def calibrated_backbone(num_classes: int, loader, device, batches: int, seed: in
     torch.manual_seed(seed)
     model = cu.build_model("resnet18", num_classes=num_classes, strategy="finetune", weights=None).to(device)
     for layer in model.modules():
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(layer, torch.nn.BatchNorm2d):
             layer.momentum = None  # 累积平均：校准结果不依赖批次顺序的最后几批
     model.train()
     with torch.no_grad():
