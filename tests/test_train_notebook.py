@@ -58,10 +58,25 @@ def _check_run(outputs, strategy, nb):
     return metrics
 
 
+def _stderr(nb) -> str:
+    return "\n".join(output.get("text", "") for cell in nb.cells for output in cell.get("outputs", [])
+                     if output.get("name") == "stderr")
+
+
 @pytest.mark.parametrize("strategy", ["finetune", "scratch"])
 def test_each_strategy_writes_metrics_and_a_loadable_checkpoint(outputs, strategy):
-    metrics = _check_run(outputs, strategy, _run(outputs, STRATEGY=strategy))
+    # 指定一个不存在的权重文件：smoke 档位不要求权重，应该退回随机初始化，并且只打印一段提示
+    missing = str(outputs / "没有这个文件.pth")
+    nb = _run(outputs, STRATEGY=strategy, WEIGHTS=missing)
+    metrics = _check_run(outputs, strategy, nb)
     assert metrics["epochs"] == 1
+    printed, stderr = _printed(nb), _stderr(nb)
+    assert "Warning" not in stderr and "ipykernel" not in stderr  # 没有带源代码行的警告
+    if strategy == "finetune":
+        assert printed.count("【注意】") == 1 and "finetune 等同于从头训练" in printed
+        assert metrics["settings"]["weights"] == missing and "没能拿到" in metrics["weights_note"]
+    else:  # scratch 从不加载权重，也就没什么要提示的
+        assert "【注意】" not in printed
 
 
 def test_freeze_run_and_resume_with_more_epochs(outputs):
