@@ -270,7 +270,7 @@ class _Run:
         current = (info["arch"], self.strategy, info["num_classes"])
         if state is None or saved != current:
             raise CheckpointError(
-                f"不能从 {display_path(path)} 续训：它记录的（模型, 策略, 类别数）是 {saved}，现在是 {current}"
+                f"不能从 {display_path(path)} 续训：它记录的（模型、策略、类别数）是 {saved}，现在是 {current}"
                 f"{'' if state is not None else '，而且它不含续训信息'}。换一个 run_name，或设 RESUME = False 从头训练。"
             )
 
@@ -373,7 +373,7 @@ def history_table(history: list[dict]):
 # ---------------------------------------------------------------- 训练步计时
 
 
-TIMING_SETUPS = {  # 表格里的做法: (建模型用的策略, 优化器)
+TIMING_SETUPS = {  # 表格里的做法：（建模型用的策略，优化器）
     "freeze（本课程：冻结主干）": ("freeze", "course"),
     "只让优化器跳过主干（原教程的做法）": ("finetune", "head_only"),
     "finetune（微调全部层）": ("finetune", "course"),
