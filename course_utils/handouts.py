@@ -34,7 +34,9 @@ __all__ = ["build_handouts", "SOLUTION_TAG", "HANDOUT_FONT_FAMILY"]
 SOLUTION_TAG = "solution"  # 打了这个标签的单元格只出现在教师版讲义里
 HANDOUT_FONT_FAMILY = "CourseSans"  # 讲义里 @font-face 的字体名
 # 笔记本之间的链接：同目录（05_evaluate.ipynb）、参考答案（solutions/05_…）、参考答案回到正文（../05_…）
-LINK_PATTERN = re.compile(r'href="(\.\./|solutions/)?(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?"')
+LINK_PATTERN = re.compile(r'<a href="(\.\./|solutions/)?(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?">(.*?)</a>', re.S)
+# 讲义里没有对应页面时，链接换成的说明（学生版不含参考答案）
+UNLINKED_NOTES = {"solutions/": "学生版讲义不含参考答案，做完练习后可以向老师要"}
 MATH_PATTERN = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 FONT_PLACEHOLDER = "/*COURSE-HANDOUT-FONT*/"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -285,11 +287,13 @@ def _render_page(exporter, pages: list[Page], index: int, banner: str) -> str:
 def _link_pages(text: str, documents: dict[str, str]) -> str:
     """笔记本之间的链接改成指向讲义里对应的页面：``04_train.ipynb`` -> ``04_train.html``，
     ``solutions/05_…ipynb`` -> ``solutions-05_….html``，参考答案里的 ``../05_…ipynb`` -> ``05_….html``。
-    讲义里没有的页面（如学生版里的参考答案）保留原链接。"""
+    讲义里没有的页面（如学生版里的参考答案）不留死链接：换成一句说明。"""
     def replace(match):
-        prefix, stem, anchor = match.groups()
+        prefix, stem, anchor, label = match.groups()
         page = ("solutions-" if prefix == "solutions/" else "") + f"{stem}.html"
-        return f'href="{page}{anchor or ""}"' if page in documents else match.group(0)
+        if page in documents:
+            return f'<a href="{page}{anchor or ""}">{label}</a>'
+        return f'<span class="course-unlinked">{UNLINKED_NOTES.get(prefix, label)}</span>'
 
     return LINK_PATTERN.sub(replace, text)
 

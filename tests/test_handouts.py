@@ -89,7 +89,8 @@ def test_index_groups_lessons_training_records_and_solutions(executed, tmp_path)
         assert 'href="index.html">目录</a>' in page  # 每页都能回到目录
     evaluate = (index.parent / "05_evaluate.html").read_text(encoding="utf-8")
     assert 'href="00_setup.html"' in evaluate  # 笔记本之间的链接指向讲义里的页面
-    assert 'href="06_compare.ipynb"' in evaluate  # 讲义里没有这一页：保留原链接
+    assert "06_compare.ipynb" not in evaluate  # 讲义里没有这一页：不留死链接，只留文字
+    assert '<span class="course-unlinked">06 三种策略对比</span>' in evaluate
     assert 'href="solutions-05_evaluate_solutions.html"' in evaluate  # 参考答案链接指向讲义里的参考答案页
     solution = (index.parent / "solutions-05_evaluate_solutions.html").read_text(encoding="utf-8")
     assert 'href="05_evaluate.html"' in solution  # “返回”链接（../05_evaluate.ipynb）
@@ -141,6 +142,7 @@ def test_student_edition_drops_solution_cells_and_solution_notebooks(executed, t
     page = (student.parent / "05_evaluate.html").read_text(encoding="utf-8")
     assert SECRET not in page and "测试集准确率" in page
     assert "solutions-05_evaluate_solutions.html" not in page  # 学生版没有参考答案页，不链接过去
+    assert 'href="solutions/' not in page and "学生版讲义不含参考答案" in page  # 也不留指向 .ipynb 的死链接
     assert not list(student.parent.glob("solutions-*"))
     listing = student.read_text(encoding="utf-8")
     assert "参考答案</a>" not in listing and "学生版" in listing
