@@ -3,11 +3,14 @@
 笔记本里统一写 ``import course_utils as cu``，再调用 ``cu.fit(...)``、``cu.get_device()`` 等，
 这样每个函数从哪里来一目了然。函数按用途分在这些模块里：
 
-- ``config``：四种运行档位与设置；``paths``：仓库里的固定位置；
-- ``env``：随机种子、计算设备、笔记本设置；``fonts``：中文字体；
-- ``data``：数据集下载、生成与检查；``transforms``：图像预处理与数据加载；
-- ``models``：构建模型与三种迁移策略；``train``：训练与检查点；
-- ``evaluate``：评估与预测；``viz``：绘图；``runner``：按顺序执行全部笔记本。
+- ``config``：四种运行档位与设置；``paths``：仓库里的固定位置；``progress``：进度条；
+- ``env``：随机种子、计算设备、笔记本设置、环境检查；``fonts``：中文字体；
+- ``download``：下载与安全解压；``demo``：生成演示数据集；``imagefolder``：课程用的 ImageFolder；
+  ``health``：数据健康检查；``data``：数据集与 DataLoader；``transforms``：图像预处理；
+- ``models``：构建模型与三种迁移策略；``train``：训练循环；``checkpoints``：检查点与指标文件；
+  ``features``：freeze 的特征缓存；
+- ``evaluate``：评估与预测；``compare``：三种策略对比；``viz``：绘图；
+- ``runner``：按顺序执行全部笔记本；``handouts``：HTML 讲义。
 
 导入本包没有副作用，也不会立刻导入 PyTorch：第一次用到某个函数时才导入它所在的模块。
 """
