@@ -11,13 +11,7 @@ from benchmarks import __main__ as cli
 from benchmarks import common, loading, memory, roofline, strategies
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """与 test_train.py 相同：2 核的测试机上一个线程更快更稳。"""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 见 conftest.py
 
 
 def test_markdown_table_takes_columns_from_the_widest_row_and_escapes_pipes():
