@@ -27,12 +27,13 @@ class NotebookFailed(RuntimeError):
     """某个笔记本执行出错。
 
     属性：notebook（路径）、cell（单元格序号，从 1 开始）、error、output（执行到出错处的副本）、
-    completed（出错之前已经通过的笔记本结果）。
+    completed（出错之前已经通过的笔记本结果）、seconds（出错前执行了多久）。
     """
 
     def __init__(self, notebook: Path, cell: int | None, error: str, output: Path):
         self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
         self.completed: list[NotebookResult] = []
+        self.seconds: float | None = None
         where = f"第 {cell} 个单元格" if cell else "启动或保存时"
         super().__init__(
             f"笔记本 {notebook.name} 在{where}出错：{error}\n"
@@ -97,11 +98,11 @@ def run_notebooks(
             pm.execute_notebook(
                 str(notebook), str(output), parameters={"PROFILE": profile, **(parameters or {})},
                 cwd=str(notebook.parent), kernel_name="python3", progress_bar=True,
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # 不让内核的启动日志刷屏
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # 不让内核的日志刷屏（出错时的中断日志也不要）
             )
         except Exception as exc:  # 单元格出错，或内核起不来、超时：都指名道姓地报告
             failed = _describe_failure(notebook, output, exc)
-            failed.completed = results
+            failed.completed, failed.seconds = results, time.perf_counter() - start
             raise failed from exc
         results.append(NotebookResult(name, time.perf_counter() - start, "通过"))
     return results
@@ -145,11 +146,13 @@ def format_summary(results: list[NotebookResult], failed: NotebookFailed | None 
     """汇总表：笔记本、用时（秒）、状态。"""
     rows = [(r.name, f"{r.seconds:.1f}", r.status) for r in results]
     if failed is not None:
-        rows.append((failed.notebook.name, "-", "失败"))
+        rows.append((failed.notebook.name, "-" if failed.seconds is None else f"{failed.seconds:.1f}", "失败"))
     width = max([len("笔记本")] + [len(r[0]) for r in rows])
     lines = [f"{'笔记本':<{width - 3}}  {'用时(秒)':>8}  状态", "-" * (width + 20)]
     lines += [f"{name:<{width}}  {sec:>10}  {status}" for name, sec, status in rows]
     total = sum(r.seconds for r in results)
+    if failed is not None and failed.seconds is not None:
+        total += failed.seconds
     lines.append(f"共 {len(rows)} 个笔记本，用时 {total:.1f} 秒")
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """runner：按顺序执行笔记本；出错时指出笔记本和单元格，并以非零状态退出。"""
 
+import re
 import subprocess
 import sys
 
@@ -47,6 +48,8 @@ def test_failing_cell_stops_the_run_names_notebook_and_cell_and_exits_nonzero(tm
     assert "01_broken.ipynb" in result.stdout
     assert "第 4 个单元格" in result.stdout  # 标题、参数、y = 2 之后的第 4 个
     assert "ValueError: 故意出错" in result.stdout
+    assert re.search(r"^01_broken\.ipynb\s+\d+\.\d\s+失败$", result.stdout, re.M)  # 失败的也写出用时
+    assert "KeyboardInterrupt" not in result.stderr  # 内核收尾时的日志不刷屏
     executed = tmp_outputs / "smoke" / "notebooks"
     assert (executed / "00_ok.ipynb").exists()
     assert (executed / "01_broken.ipynb").exists()  # 出错的副本留着供检查
