@@ -36,7 +36,7 @@ HANDOUT_FONT_FAMILY = "CourseSans"  # 讲义里 @font-face 的字体名
 # 笔记本之间的链接：同目录（05_evaluate.ipynb）、参考答案（solutions/05_…）、参考答案回到正文（../05_…）
 LINK_PATTERN = re.compile(r'<a href="(\.\./|solutions/)?(\d\d_[a-z0-9_]+)\.ipynb(#[^"]*)?">(.*?)</a>', re.S)
 # 讲义里没有对应页面时，链接换成的说明（学生版不含参考答案）
-UNLINKED_NOTES = {"solutions/": "学生版讲义不含参考答案，做完练习后可以向老师要"}
+UNLINKED_NOTES = {"solutions/": "这份讲义不含参考答案（学生版不带；做完练习后可以向老师要）"}
 MATH_PATTERN = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 FONT_PLACEHOLDER = "/*COURSE-HANDOUT-FONT*/"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"

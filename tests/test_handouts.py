@@ -142,7 +142,7 @@ def test_student_edition_drops_solution_cells_and_solution_notebooks(executed, t
     page = (student.parent / "05_evaluate.html").read_text(encoding="utf-8")
     assert SECRET not in page and "测试集准确率" in page
     assert "solutions-05_evaluate_solutions.html" not in page  # 学生版没有参考答案页，不链接过去
-    assert 'href="solutions/' not in page and "学生版讲义不含参考答案" in page  # 也不留指向 .ipynb 的死链接
+    assert 'href="solutions/' not in page and "这份讲义不含参考答案" in page  # 也不留指向 .ipynb 的死链接
     assert not list(student.parent.glob("solutions-*"))
     listing = student.read_text(encoding="utf-8")
     assert "参考答案</a>" not in listing and "学生版" in listing
