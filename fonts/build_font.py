@@ -206,7 +206,8 @@ def build_subset(source: TTFont, chars: set[str]) -> tuple[TTFont, set[str]]:
 
 def missing_from_font(font_path: Path, chars: set[str]) -> set[str]:
     """chars 里字体 font_path 没有的字符。"""
-    cmap = TTFont(font_path, lazy=True).getBestCmap()
+    with TTFont(font_path, lazy=True) as font:
+        cmap = font.getBestCmap()
     return {c for c in chars if ord(c) not in cmap}
 
 

@@ -47,7 +47,8 @@ def _course_texts():
 
 
 def _font_cmap():
-    return TTFont(cu.course_font_path(), lazy=True).getBestCmap()
+    with TTFont(cu.course_font_path(), lazy=True) as font:
+        return font.getBestCmap()
 
 
 @pytest.fixture
@@ -100,20 +101,20 @@ def test_bundled_font_covers_every_chinese_character_the_course_uses():
 def test_bundled_font_is_small_truetype_covering_gb2312_and_ascii():
     path = cu.course_font_path()
     assert path.suffix == ".ttf" and path.stat().st_size < 8_000_000
-    font = TTFont(path)
-    assert "glyf" in font and "CFF " not in font, "需要 TrueType（glyf）轮廓"
-    cmap = font.getBestCmap()
-    gb2312 = set()
-    for high in range(0xA1, 0xF8):
-        for low in range(0xA1, 0xFF):
-            try:
-                gb2312.add(ord(bytes([high, low]).decode("gb2312")))
-            except UnicodeDecodeError:
-                continue
-    assert len(gb2312) == 7445
-    assert not gb2312 - set(cmap), "GB2312 没有覆盖全"
-    assert set(range(0x20, 0x7F)) <= set(cmap) and 0x2212 in cmap
-    assert "Apache" in font["name"].getDebugName(13)
+    with TTFont(path) as font:
+        assert "glyf" in font and "CFF " not in font, "需要 TrueType（glyf）轮廓"
+        cmap = font.getBestCmap()
+        gb2312 = set()
+        for high in range(0xA1, 0xF8):
+            for low in range(0xA1, 0xFF):
+                try:
+                    gb2312.add(ord(bytes([high, low]).decode("gb2312")))
+                except UnicodeDecodeError:
+                    continue
+        assert len(gb2312) == 7445
+        assert not gb2312 - set(cmap), "GB2312 没有覆盖全"
+        assert set(range(0x20, 0x7F)) <= set(cmap) and 0x2212 in cmap
+        assert "Apache" in font["name"].getDebugName(13)
     assert (paths.FONTS_DIR / "LICENSE-Apache-2.0.txt").is_file()
 
 
@@ -204,16 +205,16 @@ def test_setup_never_writes_into_matplotlib_install_or_deletes_caches(rc):
 
 def _fake_simhei(path: Path, with_minus: bool = False) -> Path:
     """用课程字体做一个字体族名为 SimHei 的小字体（像真正的 SimHei 一样没有 U+2212）。"""
-    font = TTFont(cu.course_font_path())
     options = subset.Options()
     options.name_IDs = ["*"]
     subsetter = subset.Subsetter(options)
     ascii_text = "".join(map(chr, range(0x20, 0x7F)))  # 真正的 SimHei 也有全部 ASCII
     subsetter.populate(text=ascii_text + "中文字体测试准确率训练集损失第一二三轮图例（）：" + ("−" if with_minus else ""))
-    subsetter.subset(font)
-    for name_id, value in ((1, "SimHei"), (4, "SimHei"), (6, "SimHei")):
-        font["name"].setName(value, name_id, 3, 1, 0x409)
-    font.save(path)
+    with TTFont(cu.course_font_path()) as font:
+        subsetter.subset(font)
+        for name_id, value in ((1, "SimHei"), (4, "SimHei"), (6, "SimHei")):
+            font["name"].setName(value, name_id, 3, 1, 0x409)
+        font.save(path)
     return path
 
 
@@ -285,9 +286,9 @@ def test_build_script_resubsets_to_cover_new_text_reproducibly(tmp_path):
         stdout = run.communicate(timeout=120)[0]
         assert run.returncode == 1 and "龘" in stdout, stdout
     assert outputs[0].read_bytes() == outputs[1].read_bytes(), "同样的输入应当生成同样的文件"
-    built = TTFont(outputs[0])
-    assert built["name"].getDebugName(1) == "WenQuanYi Micro Hei Subset"
-    cmap = built.getBestCmap()
+    with TTFont(outputs[0]) as built:
+        assert built["name"].getDebugName(1) == "WenQuanYi Micro Hei Subset"
+        cmap = built.getBestCmap()
     assert all(ord(c) in cmap for c in "鑫淼哈密瓜猕猴桃，。A")
 
 
