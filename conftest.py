@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("COURSE_PROFILE", "smoke")
 os.environ.setdefault("COURSE_HEADLESS", "1")
+os.environ.pop("COURSE_DATASET", None)  # 测试用档位自己的数据集，不受学习者换成自带数据集的设置影响
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 __all__ = ["PROFILES", "Settings", "resolve_profile", "resolve_settings", "ProfileError"]
 
 PROFILE_ENV_VAR = "COURSE_PROFILE"
+DATASET_ENV_VAR = "COURSE_DATASET"  # 设了它，所有笔记本都改用这个数据集（名字或目录路径）
 DEFAULT_PROFILE = "full"
 
 
@@ -154,6 +155,8 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
         profile：档位名；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
         overrides：字段名 = 值，例如 ``epochs=EPOCHS``；值为 None 的项保持档位默认。
             不是 Settings 字段的名字放进 ``settings.extra``（例如 STRATEGY），值为 None 也保留。
+            没有给 dataset 时，环境变量 COURSE_DATASET（数据集名，或 ``train/``、``val/`` 结构的目录）
+            优先于档位默认的数据集：这样一个变量就能让整个课程换成你自己的数据。
     返回：
         Settings（不可变；要改用 ``settings.replace(...)``）。
     """
@@ -166,6 +169,8 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
             extra[key] = value  # 笔记本自己的参数，None 也保留，设置表里能看到
         elif value is not None:
             changes[key] = _coerce(key, value, getattr(base, key))
+    if "dataset" not in changes and os.environ.get(DATASET_ENV_VAR, "").strip():
+        changes["dataset"] = os.environ[DATASET_ENV_VAR].strip()
     if "image_size" in changes and "resize_size" not in changes:
         # 只改了输入边长时，评估用的缩放边长按档位原来的比例跟着变（例如 224 -> 256）
         changes["resize_size"] = round(changes["image_size"] * base.resize_size / base.image_size)

@@ -29,7 +29,7 @@ from .paths import data_dir, display_path, output_dir
 
 __all__ = [
     "DATASETS", "DatasetSource", "GeneratedDataset", "DatasetUnavailable", "DatasetError",
-    "prepare_dataset", "dataset_status", "dataset_sources", "image_folder", "load_rgb_image",
+    "prepare_dataset", "dataset_status", "dataset_sources", "dataset_classes", "image_folder", "load_rgb_image",
     "make_datasets", "DataSplits", "make_loaders", "Loaders", "safe_num_workers",
     "save_class_maps", "load_class_names", "directory_tree", "class_counts", "image_table",
     "sample_images", "list_image_files", "dataset_info", "time_loader", "image_extensions",
@@ -132,8 +132,24 @@ DATASETS = {
 def dataset_sources(name: str):
     """注册表里的一项；名字写错时给出中文提示。"""
     if name not in DATASETS:
+        if any(mark in str(name) for mark in ("/", "\\", "~")) or str(name).startswith("."):
+            raise DatasetError(
+                f"找不到数据集目录 {name}。检查路径（以及环境变量 COURSE_DATASET）；"
+                "目录里应有 train/<类名>/ 和 val/<类名>/ 两层子目录。"
+            )
         raise DatasetError(f"没有名为 {name!r} 的数据集。可选：{'、'.join(DATASETS)}，或者一个数据集目录的路径。")
     return DATASETS[name]
+
+
+def dataset_classes(name: str) -> list[str]:
+    """数据集的类名（按名字排序）：注册表里的数据集直接给出，自带数据集的目录读 ``train/`` 下的子目录。
+
+    不下载、不生成任何东西，所以笔记本 01 不需要数据就能知道分类头要输出几类。
+    """
+    folder = Path(str(name)).expanduser()
+    if name not in DATASETS and folder.is_dir():
+        return list_classes(_check_layout(folder, expected=None) / "train")
+    return sorted(dataset_sources(name).classes)
 
 
 # ---------------------------------------------------------------- 准备数据集
