@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # 只用于类型注解，导入本模块时不会真的导�
 
 __all__ = [
     "Predictions", "predict", "topk_accuracy", "classification_table", "confusion_table",
-    "plot_confusion_matrix", "most_confused_pairs", "show_misclassified", "save_predictions_csv",
+    "plot_confusion_matrix", "most_confused_pairs", "average_precision_table", "plot_pr_curves", "show_misclassified", "save_predictions_csv",
     "eval_transform_from_meta", "check_class_names", "predict_image", "plot_topk",
     "show_model_input", "example_image", "checkpoint_summary", "predict_test_set",
 ]
@@ -188,6 +188,61 @@ def _cell_labels(values, normalize: bool):
         return "<1%" if value < 0.005 else f"{value:.0%}"
 
     return np.vectorize(label, otypes=[object])(values)
+
+
+def average_precision_table(predictions: Predictions, class_names) -> "pd.DataFrame":
+    """每个类别的平均精确率（AP，精确率–召回率曲线下的面积），从低到高排列，最后一行是宏平均。
+
+    把每个类别看成一个二分类问题（“是这一类” 对 “不是”），按该类的概率从高到低排序来算。
+    AP 看的是概率排得对不对，与取哪个阈值无关；测试集里没有样本的类别无法计算，记为空值，不计入宏平均。
+    """
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import average_precision_score
+
+    rows = {}
+    for index, name in enumerate(class_names):
+        positives = predictions.labels == index
+        ap = average_precision_score(positives, predictions.probs[:, index]) if positives.any() else np.nan
+        rows[name] = {"AP": ap, "样本数": int(positives.sum())}
+    table = pd.DataFrame.from_dict(rows, orient="index").sort_values("AP", na_position="last")
+    table.loc["宏平均"] = [table["AP"].mean(skipna=True), int(table["样本数"].sum())]
+    table["样本数"] = table["样本数"].astype(int)
+    table.index.name = "类别"
+    return table
+
+
+def plot_pr_curves(predictions: Predictions, class_names, classes=None, worst: int = 4):
+    """画几个类别的精确率–召回率曲线（一对其余），图例里写出各自的 AP。
+
+    参数：
+        classes：要画的类名列表；None 时画 AP 最低的 ``worst`` 个类别（最值得关注的那几个）。
+    每条曲线上的圆点是模型实际的判定方式（取概率最大的类别）落在曲线上的位置。
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve
+
+    table = average_precision_table(predictions, class_names)
+    if classes is None:
+        classes = [name for name in table.index[:-1] if not np.isnan(table.loc[name, "AP"])][:worst]
+    unknown = [name for name in classes if name not in class_names]
+    if unknown:
+        raise ValueError(f"类别 {unknown} 不在这个模型的类别里。可选：{'、'.join(class_names)}。")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name in classes:
+        index = list(class_names).index(name)
+        positives = predictions.labels == index
+        precision, recall, _ = precision_recall_curve(positives, predictions.probs[:, index])
+        line, = ax.step(recall, precision, where="post", label=f"{name}（AP {table.loc[name, 'AP']:.2f}）")
+        chosen = predictions.preds == index  # 实际判定：这一类的概率最大
+        hits = (chosen & positives).sum()
+        ax.plot(hits / max(positives.sum(), 1), hits / max(chosen.sum(), 1), "o", color=line.get_color())
+    ax.set(xlabel="召回率", ylabel="精确率", xlim=(0, 1.02), ylim=(0, 1.05),
+           title="精确率–召回率曲线（圆点：取概率最大的类别时的位置）")
+    ax.legend(loc="lower left", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def most_confused_pairs(labels, preds, class_names, top: int = 5) -> "pd.DataFrame":

@@ -111,6 +111,51 @@ def test_normalised_confusion_matrix_marks_tiny_but_nonzero_shares():
     plt.close(fig)
 
 
+# 平均精确率（AP）的手算小例子：3 个类别、5 个样本，“葡萄”在测试集里没有样本。
+AP_CLASSES = ["苹果", "香蕉", "葡萄"]
+AP_LABELS = np.array([0, 1, 0, 1, 0])
+AP_PROBS = np.array([
+    [0.9, 0.1, 0.0],  # 苹果 ✓
+    [0.6, 0.3, 0.1],  # 香蕉，但苹果的概率排第 2
+    [0.5, 0.4, 0.1],  # 苹果 ✓
+    [0.1, 0.8, 0.1],  # 香蕉 ✓
+    [0.2, 0.7, 0.1],  # 苹果，被判成香蕉
+])
+# 苹果按概率排序：0.9 ✓、0.6 ✗、0.5 ✓、0.2 ✓、0.1 ✗ -> AP = (1/1 + 2/3 + 3/4) / 3
+# 香蕉按概率排序：0.8 ✓、0.7 ✗、0.4 ✗、0.3 ✓ -> AP = (1/1 + 2/4) / 2
+AP_HAND = {"苹果": (1 + 2 / 3 + 3 / 4) / 3, "香蕉": (1 + 2 / 4) / 2}
+
+
+def _ap_predictions():
+    return cu.Predictions(AP_PROBS, AP_LABELS, AP_PROBS.argmax(axis=1), [f"{i}.jpg" for i in range(5)])
+
+
+def test_average_precision_table_matches_hand_computation():
+    table = cu.average_precision_table(_ap_predictions(), AP_CLASSES)
+    assert list(table.index) == ["香蕉", "苹果", "葡萄", "宏平均"]  # 从低到高，没有样本的类别排最后
+    assert table.loc["苹果", "AP"] == pytest.approx(AP_HAND["苹果"])
+    assert table.loc["香蕉", "AP"] == pytest.approx(AP_HAND["香蕉"])
+    assert np.isnan(table.loc["葡萄", "AP"]) and table.loc["葡萄", "样本数"] == 0
+    assert table.loc["宏平均", "AP"] == pytest.approx((AP_HAND["苹果"] + AP_HAND["香蕉"]) / 2)  # 不计入葡萄
+    assert table["样本数"].tolist() == [2, 3, 0, 5]
+
+
+def test_pr_curves_draw_the_worst_classes_with_their_ap_and_the_operating_point():
+    import matplotlib.pyplot as plt
+
+    fig = cu.plot_pr_curves(_ap_predictions(), AP_CLASSES, worst=1)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"香蕉（AP {AP_HAND['香蕉']:.2f}）"]
+    point = ax.lines[-1].get_xydata()[0]  # 香蕉被预测 2 次、对 1 次；2 个样本找到 1 个
+    np.testing.assert_allclose(point, [1 / 2, 1 / 2])
+    plt.close(fig)
+    fig = cu.plot_pr_curves(_ap_predictions(), AP_CLASSES, classes=["苹果", "香蕉"])
+    assert len(fig.axes[0].get_legend().get_texts()) == 2
+    plt.close(fig)
+    with pytest.raises(ValueError, match="不在这个模型的类别里"):
+        cu.plot_pr_curves(_ap_predictions(), AP_CLASSES, classes=["西瓜"])
+
+
 def test_most_confused_pairs_match_hand_computation():
     pairs = cu.most_confused_pairs(LABELS, PREDS, CLASSES, top=3)
     assert list(pairs.columns) == ["真实类别", "被预测为", "次数", "占该类比例"]
