@@ -170,11 +170,20 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
         elif value is not None:
             changes[key] = _coerce(key, value, getattr(base, key))
     if "dataset" not in changes and os.environ.get(DATASET_ENV_VAR, "").strip():
-        changes["dataset"] = os.environ[DATASET_ENV_VAR].strip()
+        changes["dataset"] = _dataset_from_env(os.environ[DATASET_ENV_VAR].strip())
     if "image_size" in changes and "resize_size" not in changes:
         # 只改了输入边长时，评估用的缩放边长按档位原来的比例跟着变（例如 224 -> 256）
         changes["resize_size"] = round(changes["image_size"] * base.resize_size / base.image_size)
     return base.replace(**changes, extra=extra)
+
+
+def _dataset_from_env(value: str) -> str:
+    """COURSE_DATASET 的值：数据集名原样保留；目录的相对路径以仓库根目录为起点，写成绝对路径。"""
+    from .paths import repo_path
+
+    if value in {settings.dataset for settings in PROFILES.values()}:  # fruit30、demo、smoke
+        return value
+    return str(repo_path(value))
 
 
 def _coerce(key: str, value, default):

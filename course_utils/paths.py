@@ -3,6 +3,7 @@
 两个环境变量可以改写位置（测试和教室机房常用）：
 - ``COURSE_DATA_DIR``：数据集存放处（默认仓库的 ``data/``）；
 - ``COURSE_OUTPUT_DIR``：输出根目录（默认仓库的 ``outputs/``），其下按档位分子目录。
+写相对路径时以仓库根目录为起点（不管笔记本在哪个目录里运行，都指向同一个地方）。
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 __all__ = [
     "REPO_ROOT", "NOTEBOOKS_DIR", "FONTS_DIR", "data_dir", "output_dir", "OUTPUT_KINDS", "display_path",
+    "repo_path",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +24,16 @@ FONTS_DIR = REPO_ROOT / "fonts"
 OUTPUT_KINDS = ("notebooks", "checkpoints", "figures", "metrics", "handouts")
 
 
+def repo_path(path) -> Path:
+    """展开 ``~``；相对路径以仓库根目录为起点（runner 在仓库根目录、笔记本在 notebooks/ 里运行，
+    环境变量里的相对路径按这个规则解释，才会指向同一个地方）。"""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 def data_dir() -> Path:
     """数据集根目录（不存在就创建）。"""
-    path = Path(os.environ.get("COURSE_DATA_DIR") or REPO_ROOT / "data")
+    path = repo_path(os.environ.get("COURSE_DATA_DIR") or REPO_ROOT / "data")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -36,7 +45,7 @@ def output_dir(profile: str, kind: str | None = None) -> Path:
         profile：档位名（full / quick / demo / smoke）。
         kind：子目录名，取 OUTPUT_KINDS 之一；None 表示档位根目录。
     """
-    root = Path(os.environ.get("COURSE_OUTPUT_DIR") or REPO_ROOT / "outputs") / profile
+    root = repo_path(os.environ.get("COURSE_OUTPUT_DIR") or REPO_ROOT / "outputs") / profile
     if kind is not None:
         if kind not in OUTPUT_KINDS:
             raise ValueError(f"未知的输出子目录 {kind!r}，可选：{', '.join(OUTPUT_KINDS)}。")

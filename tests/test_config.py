@@ -1,5 +1,7 @@
 """档位与设置：环境变量、覆盖值、papermill 传入的字符串、写错时的中文提示。"""
 
+from pathlib import Path
+
 import pytest
 
 import course_utils as cu
@@ -64,6 +66,23 @@ def test_output_dir_follows_the_environment_and_rejects_unknown_kinds(tmp_path, 
     assert (tmp_path / "demo" / "figures").is_dir()
     with pytest.raises(ValueError, match="未知的输出子目录"):
         cu.output_dir("demo", "tmp")
+
+
+def test_relative_locations_in_the_environment_start_at_the_repository_root(tmp_path, monkeypatch):
+    """runner 在仓库根目录、笔记本在 notebooks/ 里运行：相对路径必须指向同一个地方。"""
+    from course_utils import paths
+
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COURSE_OUTPUT_DIR", "outputs-mine")
+    monkeypatch.setenv("COURSE_DATA_DIR", "my-data")
+    assert cu.output_dir("demo") == tmp_path / "repo" / "outputs-mine" / "demo"
+    assert cu.data_dir() == tmp_path / "repo" / "my-data"
+    monkeypatch.setenv("COURSE_DATASET", "我的数据")
+    assert resolve_settings("demo").dataset == str(tmp_path / "repo" / "我的数据")
+    monkeypatch.setenv("COURSE_DATASET", "fruit30")  # 数据集名保持原样
+    assert resolve_settings("demo").dataset == "fruit30"
+    assert paths.repo_path("~/x") == Path.home() / "x" and paths.repo_path(tmp_path) == tmp_path
 
 
 def test_importing_the_package_has_no_side_effects():
