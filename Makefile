@@ -3,7 +3,7 @@
 #   make test      单元测试 + 每个笔记本的 smoke 运行 + papermill 参数测试
 #   make handouts  把执行过的笔记本生成 HTML 讲义
 #   make lab       打开 JupyterLab 一步一步学（档位同 PROFILE，默认 demo）
-#   make bench     性能基准测试，约 10–15 分钟，结果写到 benchmarks/results/（快速检查：make bench BENCH_ARGS=--quick）
+#   make bench     性能基准测试，约 7 分钟，结果写到 benchmarks/results/（快速检查：make bench BENCH_ARGS=--quick）
 # 第一次运行会自动创建 .venv 并安装依赖（PyTorch 约 2 分钟）。
 
 PYTHON ?= python3

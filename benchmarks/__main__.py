@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="1–2 分钟的快速检查：更少的数据和批次，结果只看是否跑通")
     parser.add_argument("--only", nargs="+", metavar="N", help="只跑这几节（编号 1–5 或名字，course 即 --course），例如 --only 1 5")
     parser.add_argument("--course", action="store_true",
-                        help="另外在 fruit30 大小的生成数据上计时 quick 档位的整个课程（约 15–20 分钟）")
+                        help="另外在 fruit30 大小的生成数据上计时 quick 档位的整个课程（约 15 分钟）")
     parser.add_argument("--out", default=str(common.RESULTS_DIR), help="结果目录（默认 benchmarks/results/）")
     parser.add_argument("--name", default=None, help="结果文件名（不含扩展名）；默认 日期-机器，--quick 时加 -quick")
     return parser
