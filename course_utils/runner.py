@@ -24,21 +24,23 @@ NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 
 
 class NotebookFailed(RuntimeError):
-    """某个笔记本执行出错。
+    """某个笔记本执行出错，或者被学习者按 Ctrl+C 中断。
 
     属性：notebook（路径）、cell（单元格序号，从 1 开始）、error、output（执行到出错处的副本）、
-    completed（出错之前已经通过的笔记本结果）、seconds（出错前执行了多久）。
+    completed（出错之前已经通过的笔记本结果）、seconds（出错前执行了多久）、interrupted（是否是中断）。
     """
 
-    def __init__(self, notebook: Path, cell: int | None, error: str, output: Path):
+    def __init__(self, notebook: Path, cell: int | None, error: str, output: Path, interrupted: bool = False):
         self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
         self.completed: list[NotebookResult] = []
         self.seconds: float | None = None
-        where = f"第 {cell} 个单元格" if cell else "启动或保存时"
-        super().__init__(
-            f"笔记本 {notebook.name} 在{where}出错：{error}\n"
-            f"执行到出错处的副本保存在 {output}，可以在 JupyterLab 里打开查看。"
-        )
+        self.interrupted = interrupted
+        if interrupted:
+            what = f"笔记本 {notebook.name} 执行到一半被中断（Ctrl+C）。之前通过的笔记本都已保存，重新运行会从头执行。"
+        else:
+            where = f"第 {cell} 个单元格" if cell else "启动或保存时"
+            what = f"笔记本 {notebook.name} 在{where}出错：{error}"
+        super().__init__(f"{what}\n执行到这里的副本保存在 {output}，可以在 JupyterLab 里打开查看。")
 
 
 @dataclass
@@ -100,7 +102,7 @@ def run_notebooks(
                 cwd=str(notebook.parent), kernel_name="python3", progress_bar=True,
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # 不让内核的日志刷屏（出错时的中断日志也不要）
             )
-        except Exception as exc:  # 单元格出错，或内核起不来、超时：都指名道姓地报告
+        except (Exception, KeyboardInterrupt) as exc:  # 单元格出错、内核起不来、超时、按了 Ctrl+C：都指名道姓地报告
             failed = _describe_failure(notebook, output, exc)
             failed.completed, failed.seconds = results, time.perf_counter() - start
             raise failed from exc
@@ -122,6 +124,8 @@ def _describe_failure(notebook: Path, output: Path, exc: Exception) -> NotebookF
     """把 papermill 的异常整理成 NotebookFailed（带上出错的单元格序号）。"""
     from papermill.exceptions import PapermillExecutionError
 
+    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, PapermillExecutionError) and exc.ename == "KeyboardInterrupt"):
+        return NotebookFailed(notebook, None, "KeyboardInterrupt", output, interrupted=True)
     if isinstance(exc, PapermillExecutionError):
         cell = _original_cell_number(notebook, exc.source)
         return NotebookFailed(notebook, cell, f"{exc.ename}: {exc.evalue}", output)
@@ -146,7 +150,8 @@ def format_summary(results: list[NotebookResult], failed: NotebookFailed | None 
     """汇总表：笔记本、用时（秒）、状态。"""
     rows = [(r.name, f"{r.seconds:.1f}", r.status) for r in results]
     if failed is not None:
-        rows.append((failed.notebook.name, "-" if failed.seconds is None else f"{failed.seconds:.1f}", "失败"))
+        status = "中断" if failed.interrupted else "失败"
+        rows.append((failed.notebook.name, "-" if failed.seconds is None else f"{failed.seconds:.1f}", status))
     width = max([len("笔记本")] + [len(r[0]) for r in rows])
     lines = [f"{'笔记本':<{width - 3}}  {'用时(秒)':>8}  状态", "-" * (width + 20)]
     lines += [f"{name:<{width}}  {sec:>10}  {status}" for name, sec, status in rows]
@@ -165,8 +170,8 @@ def main(args) -> int:
         results = run_notebooks(profile, args.only, parse_parameters(args.param), args.notebooks_dir)
     except NotebookFailed as failed:
         print(format_summary(failed.completed, failed))
-        print(f"\n[失败] {failed}")
-        return 1
+        print(f"\n[{'中断' if failed.interrupted else '失败'}] {failed}")
+        return 130 if failed.interrupted else 1
     print(format_summary(results))
     print(f"\n执行过的笔记本在 {paths.output_dir(profile, 'notebooks')}")
     if getattr(args, "no_handouts", False):

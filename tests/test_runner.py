@@ -56,6 +56,34 @@ def test_failing_cell_stops_the_run_names_notebook_and_cell_and_exits_nonzero(tm
     assert not (executed / "02_never.ipynb").exists()  # 出错后不再往下执行
 
 
+def test_ctrl_c_stops_the_run_with_a_summary_instead_of_a_traceback(tmp_path, tmp_outputs):
+    import os
+    import signal
+    import time
+
+    books = tmp_path / "nbs"
+    books.mkdir()
+    _notebook(books / "00_ok.ipynb", "x = 1")
+    _notebook(books / "01_slow.ipynb", "import time\ntime.sleep(60)")
+    env = {**os.environ, "COURSE_OUTPUT_DIR": str(tmp_outputs)}
+    command = [sys.executable, "-m", "course_utils", "run", "--profile", "smoke", "--notebooks-dir", str(books)]
+    # 像在终端里按 Ctrl+C 一样：SIGINT 发给整个进程组（runner 和它启动的内核）
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, start_new_session=True)
+    for line in process.stdout:
+        if "01_slow.ipynb" in line:
+            break
+    time.sleep(4)  # 让内核开始执行 time.sleep(60)
+    os.killpg(process.pid, signal.SIGINT)
+    rest, errors = process.communicate(timeout=60)
+
+    assert process.returncode == 130
+    assert "被中断（Ctrl+C）" in rest and re.search(r"^01_slow\.ipynb\s+\d+\.\d\s+中断$", rest, re.M)
+    assert "Traceback" not in errors
+    executed = tmp_outputs / "smoke" / "notebooks"
+    assert (executed / "00_ok.ipynb").exists() and (executed / "01_slow.ipynb").exists()
+
+
 def test_parameters_and_profile_reach_the_notebook(tmp_path, tmp_outputs):
     books = tmp_path / "nbs"
     books.mkdir()
