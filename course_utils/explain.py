@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # 只用于类型注解
 __all__ = [
     "cam_target_layer", "grad_cam", "plot_grad_cam", "feature_map_sizes", "plot_feature_grid",
     "load_image_batch", "pick_examples", "cam_titles", "show_grad_cam", "compare_grad_cam",
-    "load_if_available",
+    "load_strategies", "strategies_table",
 ]
 
 # 各类网络“最后一个卷积块”的位置：名字前缀 -> 取出它的函数
@@ -102,11 +102,14 @@ def _eval_mode(model):
 
 def _as_targets(targets, device):
     """把整数、列表、NumPy 数组或张量统一成 captum 接受的目标：一个整数，或长度等于张数的一维张量。"""
+    import numpy as np
     import torch
 
     if isinstance(targets, int):
         return targets
-    return torch.as_tensor(targets, dtype=torch.long, device=device).reshape(-1)
+    if not isinstance(targets, torch.Tensor):
+        targets = torch.from_numpy(np.array(targets, dtype=np.int64))  # np.array 会复制：倒序切片的数组也能用
+    return targets.to(device=device, dtype=torch.long).reshape(-1)
 
 
 def plot_grad_cam(images, heatmaps, titles, *, mean_std=(IMAGENET_MEAN, IMAGENET_STD), alpha: float = 0.5,
@@ -127,7 +130,7 @@ def plot_grad_cam(images, heatmaps, titles, *, mean_std=(IMAGENET_MEAN, IMAGENET
         return _empty_figure("没有符合条件的图片")
     ncols = ncols or min(count, 4)
     nrows = math.ceil(count / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols + (0.6 if row_labels else 0), 2.9 * nrows),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols + (0.6 if row_labels else 0), 3.0 * nrows),
                              squeeze=False)
     shown = denormalize(images, *mean_std).permute(0, 2, 3, 1).cpu().numpy()  # (张数, 高, 宽, 通道数)
     for k, ax in enumerate(axes.flat):
@@ -156,7 +159,7 @@ def _empty_figure(text: str):
 
 
 def feature_map_sizes(model, layer, image_sizes, device) -> "pd.DataFrame":
-    """不同输入边长下，layer 输出的特征图有多大：每行一个边长，列出特征图的形状和每一格约对应多少像素。
+    """不同输入边长下，layer 输出的特征图有多大：每行一个边长，列出通道数、高、宽，以及每一格约对应多少像素。
 
     用一张全 0 的图做一次前向（评估模式、不求梯度），只读形状；模型的模式原样恢复。
     """
@@ -170,9 +173,8 @@ def feature_map_sizes(model, layer, image_sizes, device) -> "pd.DataFrame":
             for size in image_sizes:
                 model(torch.zeros(1, 3, size, size, device=device))
                 channels, height, width = shapes["last"]
-                rows.append({"输入边长（像素）": size, "特征图（通道数×高×宽）": f"{channels}×{height}×{width}",
-                             "每格约对应（像素）": f"{size / height:.0f}×{size / width:.0f}",
-                             "高": height, "宽": width})
+                rows.append({"输入边长（像素）": size, "通道数": channels, "高": height, "宽": width,
+                             "每格约对应（像素）": f"{size / height:.0f}×{size / width:.0f}"})
     finally:
         handle.remove()
     return pd.DataFrame(rows).set_index("输入边长（像素）")
@@ -275,11 +277,14 @@ def compare_grad_cam(models: dict, image_paths, labels, *, device):
     """几个模型看同一批图片：每个模型一行，各自解释自己预测的类别。
 
     参数：
-        models：{策略名: (model, meta)}；image_paths：图片路径；labels：真实类别序号。
-            各个模型的类名和预处理可以不同（各按自己的检查点处理），类别顺序须一致。
+        models：{策略名: (model, meta)}，例如 ``load_strategies`` 的结果；image_paths：图片路径；
+            labels：真实类别序号。各个模型的预处理尺寸可以不同（各按自己的检查点处理），类别须一致。
+    没有模型可比时（COMPARE = False，或检查点都拿不到），图里写一行说明。
     """
     import torch
 
+    if not models:
+        return _empty_figure("没有可以比较的模型")
     images_all, heatmaps_all, titles_all, colors_all = [], [], [], []
     for model, meta in models.values():
         images = load_image_batch(image_paths, eval_transform_from_meta(meta))
@@ -297,14 +302,30 @@ def compare_grad_cam(models: dict, image_paths, labels, *, device):
                          row_labels=[strategy_label(name) for name in models], title_colors=colors_all)
 
 
-def load_if_available(profile: str, strategy: str, device):
-    """加载某个策略的最优检查点，返回 (model, meta)；拿不到时打印一句原因并返回 None。
+def load_strategies(profile: str, strategies, device) -> dict:
+    """加载几种策略的最优检查点，返回 {策略名: (model, meta)}；拿不到的打印一句原因后跳过。
 
     demo 和 smoke 档位没有检查点时当场训练（同 ``ensure_checkpoint``）；full 和 quick 档位不会自动训练，
     这时只说明怎样补上，不中断笔记本。
     """
-    try:
-        return load_checkpoint(ensure_checkpoint(profile, strategy), device=device)
-    except CheckpointNotFound as exc:
-        print(f"跳过 {strategy_label(strategy)}：{exc}")
-        return None
+    loaded = {}
+    for strategy in strategies:
+        try:
+            loaded[strategy] = load_checkpoint(ensure_checkpoint(profile, strategy), device=device)
+        except CheckpointNotFound as exc:
+            print(f"跳过 {strategy_label(strategy)}：{exc}")
+    return loaded
+
+
+def strategies_table(models: dict) -> "pd.DataFrame":
+    """几个模型的来历：每种策略一行，列出初始权重（是否真的用上了 ImageNet 权重）和最佳验证准确率。"""
+    import pandas as pd
+
+    rows = {
+        strategy_label(name): {
+            "初始权重": meta.get("weights_note") or "随机初始化",
+            "最佳验证准确率": f"{meta['best_val_acc']:.1%}" if meta.get("best_val_acc") is not None else "",
+        }
+        for name, (_, meta) in models.items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["初始权重", "最佳验证准确率"]).rename_axis("策略")

@@ -69,7 +69,7 @@ def test_heatmap_of_a_class_lies_on_the_half_that_decides_its_score():
     net = _half_net()
     images = torch.rand(3, 3, 32, 48)  # 高和宽不同：上采样时把高、宽弄反就会出错
     left = cu.grad_cam(net, images, targets=0, layer=net.features, device="cpu")
-    right = cu.grad_cam(net, images, targets=[1, 1, 1], layer=net.features, device="cpu")
+    right = cu.grad_cam(net, images, targets=np.ones(6, dtype=int)[::-2], layer=net.features, device="cpu")  # 倒序切片的数组
     assert left.shape == right.shape == (3, 32, 48)
     assert float(left.min()) >= 0 and float(left.max()) <= 1
     assert torch.allclose(left.flatten(1).amax(dim=1), torch.ones(3))  # 每张各自归一化，最大值是 1
@@ -160,7 +160,8 @@ def test_target_layers_of_supported_architectures():
     heatmaps = cu.grad_cam(mobile, torch.randn(2, 3, 64, 48), arch="mobilenet_v3_small", targets=1, device="cpu")
     assert heatmaps.shape == (2, 64, 48) and float(heatmaps.max()) <= 1
     sizes = cu.feature_map_sizes(resnet, resnet.layer4, (224, 112, 32), "cpu")
-    assert sizes["特征图（通道数×高×宽）"].tolist() == ["512×7×7", "512×4×4", "512×1×1"]
+    assert sizes[["通道数", "高", "宽"]].values.tolist() == [[512, 7, 7], [512, 4, 4], [512, 1, 1]]
+    assert sizes["每格约对应（像素）"].tolist() == ["32×32", "28×28", "32×32"]
     assert resnet.training  # 量形状时临时切到 eval，之后恢复
 
 
@@ -240,7 +241,8 @@ def _write_images(folder, count):
 def test_compare_grad_cam_draws_one_row_per_model_with_chinese_row_labels(tmp_path):
     paths = _write_images(tmp_path, 2)
     meta = {"arch": "resnet18", "class_names": ["苹果", "香蕉", "柠檬"], "image_size": 64, "resize_size": 72,
-            "mean": list(cu.IMAGENET_MEAN), "std": list(cu.IMAGENET_STD)}
+            "mean": list(cu.IMAGENET_MEAN), "std": list(cu.IMAGENET_STD), "weights_note": "未使用预训练权重：随机初始化",
+            "best_val_acc": 0.5}
     torch.manual_seed(0)
     models = {s: (cu.build_model("resnet18", num_classes=3, strategy=s, weights=None).eval(), meta)
               for s in ("freeze", "finetune")}
@@ -250,10 +252,16 @@ def test_compare_grad_cam_draws_one_row_per_model_with_chinese_row_labels(tmp_pa
     assert [ax.get_ylabel() for ax in fig.axes] == [cu.strategy_label("freeze"), "", cu.strategy_label("finetune"), ""]
     assert all(ax.get_title().startswith(("真实：苹果\n", "真实：柠檬\n")) for ax in fig.axes)
     plt.close(fig)
+    table = cu.strategies_table(models)
+    assert table.loc[cu.strategy_label("freeze")].tolist() == ["未使用预训练权重：随机初始化", "50.0%"]
 
 
-def test_load_if_available_skips_a_missing_full_checkpoint_with_a_message(tmp_path, monkeypatch, capsys):
+def test_load_strategies_skips_a_missing_full_checkpoint_with_a_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    assert cu.load_if_available("full", "finetune", "cpu") is None  # full 档位不会自动训练
+    assert cu.load_strategies("full", ["freeze", "finetune"], "cpu") == {}  # full 档位不会自动训练
     printed = capsys.readouterr().out
-    assert "跳过" in printed and "04_train.ipynb" in printed
+    assert printed.count("跳过") == 2 and "04_train.ipynb" in printed
+    assert cu.strategies_table({}).empty
+    fig = cu.compare_grad_cam({}, [], [], device="cpu")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["没有可以比较的模型"]
+    plt.close(fig)
