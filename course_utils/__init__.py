@@ -10,7 +10,7 @@
 - ``models``：构建模型与三种迁移策略；``train``：训练循环；``checkpoints``：检查点与指标文件；
   ``features``：freeze 的特征缓存；
 - ``evaluate``：评估与预测；``compare``：三种策略对比；``viz``：绘图；
-  ``explain``：Grad-CAM，模型在看哪里（选学 10）；
+  ``explain``：Grad-CAM，模型在看哪里（选学 10）；``embedding``：特征空间、k 近邻分数、t-SNE（选学 11）；
 - ``runner``：按顺序执行全部笔记本；``handouts``：HTML 讲义。
 
 导入本包没有副作用，也不会立刻导入 PyTorch：第一次用到某个函数时才导入它所在的模块。

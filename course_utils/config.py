@@ -107,6 +107,9 @@ FIELD_HELP = {
     "archive": "本地压缩包路径（None 为不用）",
     "top_k": "显示前几个预测",
     "image_path": "要预测的图片（None 为课程自带的示例）",
+    "strategies": "要比较的策略",
+    "max_images": "最多取多少张测试图（None 为全部）",
+    "perplexity": "t-SNE 的困惑度（None 为按图片数自动选择）",
 }
 
 IMAGENET = "IMAGENET1K_V1"
