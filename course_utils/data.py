@@ -32,7 +32,7 @@ __all__ = [
     "prepare_dataset", "dataset_status", "dataset_sources", "dataset_classes", "image_folder", "load_rgb_image",
     "make_datasets", "DataSplits", "make_loaders", "Loaders", "safe_num_workers",
     "save_class_maps", "load_class_names", "directory_tree", "class_counts", "image_table",
-    "sample_images", "list_image_files", "dataset_info", "time_loader", "image_extensions",
+    "sample_images", "list_image_files", "dataset_info", "time_loader", "sample_paths", "image_extensions",
     "has_image_extension",
 ]
 
@@ -688,6 +688,17 @@ def save_class_maps(class_names, profile: str) -> Path:
     np.save(out / "idx_to_labels.npy", {i: name for name, i in class_to_idx.items()})
     np.save(out / "labels_to_idx.npy", class_to_idx)
     return path
+
+
+def sample_paths(dataset) -> list[str] | None:
+    """数据集里每个样本的图片路径（支持 ImageFolder 及套在外面的 Subset）；拿不到时返回 None。"""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        inner = sample_paths(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    samples = getattr(dataset, "samples", None)
+    return None if samples is None else [str(path) for path, _ in samples]
 
 
 def load_class_names(profile: str) -> list[str]:

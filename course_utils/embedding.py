@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import load_checkpoint
 from .compare import ensure_checkpoint
-from .data import make_datasets, make_loaders, prepare_dataset
-from .evaluate import _sample_paths, check_class_names  # _sample_paths：与 05 的预测结果用同一种方法取路径
+from .data import make_datasets, make_loaders, prepare_dataset, sample_paths
+from .evaluate import check_class_names
 from .features import extract_features
 
 if TYPE_CHECKING:  # 只用于类型注解
@@ -65,7 +65,7 @@ def backbone_features(model, loader, device, *, max_images: int | None = None):
     finally:
         for module, training in modes.items():  # 逐层恢复：freeze 模型里冻结的部分本来就一直是 eval
             module.training = training
-    paths = _sample_paths(loader.dataset) or [""] * len(labels)
+    paths = sample_paths(loader.dataset) or [""] * len(labels)
     return features.numpy(), labels.numpy(), paths
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import load_checkpoint
 from .compare import ensure_checkpoint, strategy_label
-from .data import list_image_files, load_rgb_image, make_datasets, make_loaders, prepare_dataset
+from .data import list_image_files, load_rgb_image, make_datasets, make_loaders, prepare_dataset, sample_paths
 from .paths import display_path
 from .progress import progress_bar
 from .transforms import build_eval_transform, denormalize
@@ -56,17 +56,6 @@ class Predictions:
         return len(self.labels)
 
 
-def _sample_paths(dataset) -> list[str] | None:
-    """数据集里每个样本的图片路径（支持 ImageFolder 及套在外面的 Subset）；拿不到时返回 None。"""
-    from torch.utils.data import Subset
-
-    if isinstance(dataset, Subset):
-        inner = _sample_paths(dataset.dataset)
-        return None if inner is None else [inner[i] for i in dataset.indices]
-    samples = getattr(dataset, "samples", None)
-    return None if samples is None else [str(path) for path, _ in samples]
-
-
 def predict(model, loader, device) -> Predictions:
     """用模型对 loader 里的全部图片做一次预测（评估模式、不计算梯度）。
 
@@ -90,8 +79,8 @@ def predict(model, loader, device) -> Predictions:
             all_labels.append(labels.cpu())
     probs = torch.cat(all_probs).numpy()
     labels = torch.cat(all_labels).numpy()
-    sample_paths = _sample_paths(loader.dataset) or [""] * len(labels)
-    return Predictions(probs, labels, probs.argmax(axis=1), sample_paths[: len(labels)])
+    paths = sample_paths(loader.dataset) or [""] * len(labels)
+    return Predictions(probs, labels, probs.argmax(axis=1), paths[: len(labels)])
 
 
 def topk_accuracy(probs, labels, k: int = 1) -> float:
