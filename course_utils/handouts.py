@@ -46,7 +46,7 @@ PROGRESS_LINE = re.compile(r"^(?P<desc>.*?):?\s*\d{1,3}%\|[^|]*\|\s*(?P<count>\S
 # 用到训练结果（训练、加载检查点、对比策略）的代码：这些页面在没用上预训练权重时要加提示
 MODEL_CALLS = ("cu.fit(", "cu.load_checkpoint(", "cu.ensure_checkpoint(", "cu.run_strategies(",
                "cu.strategy_comparison(", "cu.predict_test_set(")
-PAGE_KINDS = ("lesson", "record", "solution")  # 课程各节、训练记录、参考答案（目录页按这个顺序分组）
+PAGE_KINDS = ("lesson", "optional", "record", "solution")  # 核心课程、选学、训练记录、参考答案（目录页按这个顺序分组）
 
 # 没用上预训练权重时的提示框（目录页和正文页共用；打印时也保留）
 BANNER_CSS = """
@@ -119,7 +119,7 @@ def _injected_parameters(nb) -> dict:
 
 
 def _page_kind(path: Path, nb, lesson_stems: set[str]) -> str:
-    """参考答案、训练记录，还是课程的一节。
+    """参考答案、训练记录、选学（编号 10 起），还是核心课程的一节。
 
     训练记录是 06 用 papermill 执行 04 得到的副本（``04_train_<策略>.ipynb``）：副本里有
     ``compare.RECORD_METADATA_KEY`` 标记；没有标记的旧副本按文件名认（某一节的文件名加 “_后缀”）。
@@ -130,7 +130,7 @@ def _page_kind(path: Path, nb, lesson_stems: set[str]) -> str:
         return "solution"
     if RECORD_METADATA_KEY in nb.metadata or any(path.stem.startswith(f"{stem}_") for stem in lesson_stems):
         return "record"
-    return "lesson"
+    return "optional" if int(path.name[:2]) >= 10 else "lesson"
 
 
 def _describe(path: Path, nb, lesson_stems: set[str]) -> Page:
@@ -300,6 +300,7 @@ def _link_pages(text: str, documents: dict[str, str]) -> str:
 
 SECTION_HEADINGS = {
     "lesson": ("课程", ""),
+    "optional": ("选学", "核心课程之外的专题：学完 00–07 之后，按兴趣挑着学。"),
     "record": ("附：训练记录", "用 papermill 执行 04 留下的完整记录：06 对比三种策略时每种策略训练一次；"
                               "05、07 找不到检查点时也会补训练一次。"),
     "solution": ("练习参考答案", "只在教师版里。"),
@@ -307,7 +308,7 @@ SECTION_HEADINGS = {
 
 
 def _render_index(pages: list[Page], profile: str, student: bool, banner: str) -> str:
-    """目录页：按 课程各节 -> 训练记录 -> 参考答案 分组，列出每一页的标题和一句话说明。"""
+    """目录页：按 课程各节 -> 选学 -> 训练记录 -> 参考答案 分组，列出每一页的标题和一句话说明。"""
     edition = "学生版（不含参考答案）" if student else "教师版（含参考答案）"
     sections = []
     for kind in PAGE_KINDS:

@@ -63,6 +63,7 @@ def executed(tmp_path):
     write_executed_notebook(source / "04_train_finetune.ipynb", title="04 三种迁移学习策略", purpose="训练。",
                             injected={"PROFILE": "smoke", "STRATEGY": "finetune"})  # 按文件名认出是记录
     write_executed_notebook(source / "solutions" / "05_evaluate_solutions.ipynb", title="05 练习参考答案：模型评估")
+    write_executed_notebook(source / "10_gradcam.ipynb", title="10 模型在看哪里：Grad-CAM", purpose="看热力图。")
     (source / "Untitled.ipynb").write_text("不是课程笔记本", encoding="utf-8")  # 不符合命名的文件被忽略
     return source
 
@@ -74,12 +75,14 @@ def test_index_groups_lessons_training_records_and_solutions(executed, tmp_path)
     assert links == [
         ("00_setup.html", "00 环境配置与中文字体"),
         ("05_evaluate.html", "05 模型评估"),
+        ("10_gradcam.html", "10 模型在看哪里：Grad-CAM"),
         ("04_train_finetune.html", "04 三种迁移学习策略（STRATEGY = finetune）"),
         ("04_train_scratch.html", "04 三种迁移学习策略（STRATEGY = scratch）"),
         ("solutions-05_evaluate_solutions.html", "05 练习参考答案：模型评估"),
     ]
     headings = re.findall(r"<h2>([^<]+)</h2>", listing)
-    assert headings == ["课程", "附：训练记录", "练习参考答案"]
+    assert headings == ["课程", "选学", "附：训练记录", "练习参考答案"]
+    assert "<ol>" in listing.split("<h2>选学</h2>")[0] and "<ol>" not in listing.split("<h2>选学</h2>")[1]  # 只给核心课程编号
     records = listing.split("<h2>附：训练记录</h2>")[1].split("<h2>")[0]
     assert "训练。" not in records  # 训练记录不重复 04 的一句话说明
     for file_name, title in links:
@@ -95,7 +98,7 @@ def test_index_groups_lessons_training_records_and_solutions(executed, tmp_path)
     solution = (index.parent / "solutions-05_evaluate_solutions.html").read_text(encoding="utf-8")
     assert 'href="05_evaluate.html"' in solution  # “返回”链接（../05_evaluate.ipynb）
     middle = (index.parent / "04_train_finetune.html").read_text(encoding="utf-8")
-    assert 'href="05_evaluate.html"' in middle and 'href="04_train_scratch.html"' in middle  # 上一页、下一页
+    assert 'href="10_gradcam.html"' in middle and 'href="04_train_scratch.html"' in middle  # 上一页、下一页（按目录页的顺序）
 
 
 def test_each_page_embeds_a_small_font_that_covers_every_character_shown(executed, tmp_path):
