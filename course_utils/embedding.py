@@ -203,9 +203,13 @@ def tsne_2d(features, *, seed: int = 42, perplexity: float | None = None) -> "np
 
 
 def _class_styles(class_names) -> dict:
-    """{类名: (颜色, 形状)}：前 10 类用 10 种颜色的圆点，之后每 10 类换一种形状。"""
+    """{类名: (颜色, 形状)}：不超过 20 类时每类一种颜色（tab20），形状轮换作为第二条线索；
+    更多类别时用 10 种颜色，每 10 类换一种形状（30 类的 fruit30 也分得清）。"""
     import seaborn as sns
 
+    if len(class_names) <= 20:
+        colors = sns.color_palette("tab20", 20)
+        return {name: (colors[i], MARKERS[i % len(MARKERS)]) for i, name in enumerate(class_names)}
     colors = sns.color_palette("tab10", 10)
     if len(class_names) > len(colors) * len(MARKERS):
         raise ValueError(f"最多能区分 {len(colors) * len(MARKERS)} 个类别，这里有 {len(class_names)} 个。")

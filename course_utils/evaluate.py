@@ -206,7 +206,8 @@ def plot_pr_curves(predictions: Predictions, class_names, classes=None, worst: i
 
     参数：
         classes：要画的类名列表；None 时画 AP 最低的 ``worst`` 个类别（最值得关注的那几个）。
-    每条曲线上的圆点是模型实际的判定方式（取概率最大的类别）落在曲线上的位置。
+    每条曲线旁的圆点是模型实际的判定方式（取概率最大的类别）得到的精确率和召回率；这种判定不是给
+    这一类的概率设阈值，所以圆点常常不在曲线上；从没被判成这一类时落在原点。
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -228,8 +229,8 @@ def plot_pr_curves(predictions: Predictions, class_names, classes=None, worst: i
         hits = (chosen & positives).sum()
         ax.plot(hits / max(positives.sum(), 1), hits / max(chosen.sum(), 1), "o", color=line.get_color())
     ax.set(xlabel="召回率", ylabel="精确率", xlim=(0, 1.02), ylim=(0, 1.05),
-           title="精确率–召回率曲线（圆点：取概率最大的类别时的位置）")
-    ax.legend(loc="lower left", fontsize=9)
+           title="精确率–召回率曲线（圆点：取概率最大的类别时的结果）")
+    ax.legend(loc="best", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -260,7 +260,7 @@ def cam_titles(probs, class_names, labels=None) -> tuple[list[str], list[str]]:
 
 
 def show_grad_cam(model, meta: dict, predictions, indices, *, device):
-    """10 第 5 节四步的合并版：读入选中的测试图片，对模型预测的类别算 Grad-CAM，画成带标题的网格。
+    """10 第 6 节那几行的合并版：读入选中的测试图片，对模型预测的类别算 Grad-CAM，画成带标题的网格。
 
     参数：
         meta：检查点元数据（结构名、类名、预处理尺寸、均值和标准差都从这里取）；

@@ -270,6 +270,14 @@ def test_plot_embeddings_share_one_legend_and_thirty_classes_stay_distinguishabl
     plt.close(fig)
 
 
+def test_up_to_twenty_classes_each_get_their_own_colour():
+    class_names = [f"水果{i}" for i in range(12)]  # demo 数据集的类别数
+    fig = cu.plot_embedding(np.zeros((12, 2)), np.arange(12), class_names, title="十二类")
+    colours = {tuple(h.get_color()) for h in fig.axes[0].get_legend().legend_handles}
+    assert len(colours) == 12  # 不只靠形状区分
+    plt.close(fig)
+
+
 def test_a_legend_lists_only_the_classes_that_are_present():
     fig = cu.plot_embedding(np.zeros((4, 2)), np.array([0, 0, 2, 2]), ["苹果", "香蕉", "西瓜"], title="部分类别")
     assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()] == ["苹果", "西瓜"]
