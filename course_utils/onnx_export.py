@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,16 +72,16 @@ def export_onnx(model, path, *, image_size: int, device="cpu", opset: int | None
 
 def _temp_file(path: Path) -> Path:
     """在目标文件夹里建一个临时文件；文件夹不存在或不可写时给出中文说明。"""
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
+        temp.touch(exist_ok=False)  # 权限按系统的 umask，与普通新建的文件相同
     except OSError as error:
         raise OSError(
             f"无法在 {path.parent} 里写文件（{error.strerror or error}）。"
             "请检查这个文件夹是否存在、是否有写权限、磁盘是否已满，或者换一个保存位置。"
         ) from error
-    os.close(handle)
-    return Path(name)
+    return temp
 
 
 def onnx_session(path, *, threads: int | None = None):
