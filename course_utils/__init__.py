@@ -11,6 +11,7 @@
   ``features``：freeze 的特征缓存；
 - ``evaluate``：评估与预测；``compare``：三种策略对比；``viz``：绘图；
   ``explain``：Grad-CAM，模型在看哪里（选学 10）；``embedding``：特征空间、k 近邻分数、t-SNE（选学 11）；
+  ``onnx_export``：导出 ONNX、用 onnxruntime 预测并与 PyTorch 对照（选学 12）；
 - ``runner``：按顺序执行全部笔记本；``handouts``：HTML 讲义。
 
 导入本包没有副作用，也不会立刻导入 PyTorch：第一次用到某个函数时才导入它所在的模块。
