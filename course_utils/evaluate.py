@@ -312,8 +312,8 @@ def save_predictions_csv(predictions: Predictions, class_names, path) -> Path:
 
 
 def eval_transform_from_meta(meta: dict):
-    """按检查点记录的输入尺寸重建评估用的预处理（与训练后评估测试集时完全相同）。"""
-    return build_eval_transform(meta["image_size"], meta["resize_size"])
+    """按检查点记录的输入尺寸、均值和标准差重建评估用的预处理（与训练后评估测试集时完全相同）。"""
+    return build_eval_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
 
 
 def check_class_names(meta: dict, class_names) -> list[str]:

@@ -44,15 +44,18 @@ def build_transforms(image_size: int = 224, resize_size: int = 256):
     return train_tf, build_eval_transform(image_size, resize_size)
 
 
-def build_eval_transform(image_size: int = 224, resize_size: int = 256):
-    """评估（验证、测试、预测新图片）用的固定预处理：Resize -> CenterCrop -> 张量 -> 归一化。"""
+def build_eval_transform(image_size: int = 224, resize_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """评估（验证、测试、预测新图片）用的固定预处理：Resize -> CenterCrop -> 张量 -> 归一化。
+
+    mean、std 默认是 ImageNet 的统计量（预训练权重就是按它归一化训练的）；从检查点重建时用检查点记下的值。
+    """
     from torchvision.transforms import v2
 
     return v2.Compose([
         v2.Resize(resize_size),  # 短边缩放到 resize_size，保持宽高比
         v2.CenterCrop(image_size),
         *_to_float_tensor(),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(list(mean), list(std)),
     ])
 
 

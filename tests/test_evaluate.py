@@ -368,3 +368,12 @@ def test_predict_test_set_loads_the_checkpoint_and_scores_the_test_folder(tmp_pa
     assert result.paths == [str(path) for path, _ in splits.test_ds.samples]
     first = cu.predict_image(model.eval(), result.paths[0], cu.build_eval_transform(24, 28), class_names, "cpu", k=1)
     assert first["概率"].iloc[0] == pytest.approx(result.probs[0].max(), rel=1e-4)  # 尺寸取自检查点（24），不是档位的 32
+
+
+def test_eval_transform_from_meta_uses_the_recorded_size_mean_and_std():
+    meta = {"image_size": 8, "resize_size": 10, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    image = Image.new("RGB", (20, 16), (255, 0, 128))  # 纯色图：缩放、裁剪后每个像素的颜色不变
+    tensor = cu.eval_transform_from_meta(meta)(image)
+    assert tuple(tensor.shape) == (3, 8, 8)
+    expected = (torch.tensor([255.0, 0.0, 128.0]) / 255 - 0.5) / 0.25  # 按检查点记下的均值和标准差归一化
+    torch.testing.assert_close(tensor[:, 4, 4], expected, atol=1e-3, rtol=0)
