@@ -23,6 +23,7 @@ from .compare import ensure_checkpoint
 from .data import make_datasets, make_loaders, prepare_dataset, sample_paths
 from .evaluate import check_class_names
 from .features import extract_features
+from .models import eval_mode
 
 if TYPE_CHECKING:  # 只用于类型注解
     import numpy as np
@@ -58,13 +59,8 @@ def backbone_features(model, loader, device, *, max_images: int | None = None):
     import torch
 
     loader = _subset_loader(loader, max_images)
-    modes = {module: module.training for module in model.modules()}
-    try:
-        with torch.inference_mode():
-            features, labels = extract_features(model, loader, device, desc="提取特征")
-    finally:
-        for module, training in modes.items():  # 逐层恢复：freeze 模型里冻结的部分本来就一直是 eval
-            module.training = training
+    with eval_mode(model), torch.inference_mode():  # 结束后逐层恢复原来的 train/eval 模式
+        features, labels = extract_features(model, loader, device, desc="提取特征")
     paths = sample_paths(loader.dataset) or [""] * len(labels)
     return features.numpy(), labels.numpy(), paths
 

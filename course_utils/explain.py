@@ -10,7 +10,6 @@ Grad-CAM 的四步：某个类别的得分对最后一个卷积块输出的特�
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from .checkpoints import CheckpointNotFound, load_checkpoint
 from .compare import ensure_checkpoint, strategy_label
 from .data import load_rgb_image
 from .evaluate import eval_transform_from_meta
+from .models import eval_mode
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
 if TYPE_CHECKING:  # 只用于类型注解
@@ -74,7 +74,7 @@ def grad_cam(model, images, *, arch: str = "resnet18", targets=None, layer=None,
         return torch.zeros((0, *images.shape[-2:]))
     layer = cam_target_layer(model, arch) if layer is None else layer
     # 在 inference_mode 或 no_grad 里调用也要能求梯度，所以这里明确打开梯度
-    with _eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
         inputs = images.detach().to(device).clone()  # 在 inference_mode 里创建的张量不能参与求梯度，换成普通张量
         if targets is None:
             with torch.no_grad():  # 只为知道预测的类别
@@ -85,19 +85,6 @@ def grad_cam(model, images, *, arch: str = "resnet18", targets=None, layer=None,
     cams = cams[:, 0].float().cpu()
     peak = cams.flatten(1).amax(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
     return (cams / peak).clamp(0, 1)
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """临时切到评估模式（BatchNorm 用已有的统计量、Dropout 不丢弃，前向不改动模型），离开时逐层恢复原来的模式：
-    freeze 模型里本来就有一部分层一直处于 eval，不能简单地整体 ``model.train()``。"""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _as_targets(targets, device):
@@ -169,7 +156,7 @@ def feature_map_sizes(model, layer, image_sizes, device) -> "pd.DataFrame":
     shapes, rows = {}, []
     handle = layer.register_forward_hook(lambda module, args, output: shapes.update(last=tuple(output.shape[1:])))
     try:
-        with _eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for size in image_sizes:
                 model(torch.zeros(1, 3, size, size, device=device))
                 channels, height, width = shapes["last"]
@@ -288,7 +275,7 @@ def compare_grad_cam(models: dict, image_paths, labels, *, device):
     images_all, heatmaps_all, titles_all, colors_all = [], [], [], []
     for model, meta in models.values():
         images = load_image_batch(image_paths, eval_transform_from_meta(meta))
-        with _eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             probs = torch.softmax(model(images.to(device)).float(), dim=1).cpu()
         heatmaps = grad_cam(model, images, arch=meta["arch"], targets=probs.argmax(dim=1), device=device)
         titles, colors = cam_titles(probs, meta["class_names"], labels)

@@ -31,7 +31,7 @@ from .paths import display_path
 __all__ = [
     "STRATEGIES", "STRATEGY_NAMES", "check_strategy", "build_model", "WeightsUnavailable",
     "head_module", "freeze_backbone", "make_optimizer", "count_params", "trainable_summary",
-    "weights_cache_path",
+    "weights_cache_path", "eval_mode",
 ]
 
 STRATEGIES = ("freeze", "finetune", "scratch")
@@ -326,6 +326,21 @@ def _frozen_parts_to_eval(module) -> None:
             child.eval()
         else:
             _frozen_parts_to_eval(child)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """暂时把模型切到评估模式（BatchNorm 用已有的统计量、Dropout 不丢弃），离开时逐层恢复原来的模式。
+
+    不能离开时简单地整体 ``model.train()``：freeze 模型里冻结的部分本来就一直处于 eval。
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def make_optimizer(model, strategy: str, lr: float, *, backbone_lr_scale: float = 0.1, weight_decay: float = 0.0):

@@ -8,13 +8,14 @@ C++、C#、Java、JavaScript 和手机上的推理引擎都能读。这里用的
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .models import eval_mode
 
 if TYPE_CHECKING:  # 只用于类型注解
     import numpy as np
@@ -24,18 +25,6 @@ __all__ = ["export_onnx", "onnx_session", "onnx_predict", "compare_with_pytorch"
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """暂时把模型切到评估模式，结束后每一层恢复原来的 train/eval 模式。"""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def export_onnx(model, path, *, image_size: int, device="cpu", opset: int | None = None) -> Path:
@@ -59,7 +48,7 @@ def export_onnx(model, path, *, image_size: int, device="cpu", opset: int | None
     temp = _temp_file(path)
     try:
         example = torch.zeros(1, 3, image_size, image_size, device=torch.device(device))
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             torch.onnx.export(model, (example,), str(temp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
                               dynamo=True, external_data=False, verbose=False)
@@ -126,7 +115,7 @@ def compare_with_pytorch(model, session, loader, device, *, max_batches: int | N
     import torch
 
     torch_logits, onnx_logits, labels = [], [], []
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for images, targets in itertools.islice(loader, max_batches):
             torch_logits.append(model(images.to(device)).float().cpu().numpy())
             onnx_logits.append(onnx_predict(session, images))
@@ -163,7 +152,7 @@ def time_inference(model, session, images, device, *, repeats: int = 5) -> "pd.D
 
     runners = {f"PyTorch（{device.type}）": run_torch, "onnxruntime（cpu）": lambda: onnx_predict(session, array)}
     seconds = {name: [] for name in runners}
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for run in runners.values():
             run()  # 预热
         for _ in range(repeats):

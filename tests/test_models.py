@@ -326,3 +326,12 @@ def test_plot_trainable_blocks_colours_follow_the_real_models():
     assert labels[0].startswith("freeze") and "15.4K" in labels[0]
     fig.savefig(io.BytesIO(), format="png")
     plt.close(fig)
+
+
+def test_eval_mode_restores_each_layers_own_mode():
+    model = cu.build_model("resnet18", num_classes=NUM_CLASSES, strategy="freeze", weights=None).train()
+    before = {name: module.training for name, module in model.named_modules()}
+    assert not before["layer1"] and before["fc"]  # freeze：冻结的部分一直是 eval，分类头在训练
+    with cu.eval_mode(model):
+        assert not any(module.training for module in model.modules())
+    assert {name: module.training for name, module in model.named_modules()} == before
