@@ -267,3 +267,17 @@ def run_probe(module: str, args: list[str], timeout: float, env: dict | None = N
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["没有输出"]
         return {"error": f"子进程退出码 {done.returncode}：{tail[0][:200]}"}
     return json.loads(lines[-1])
+
+
+def probe_main(argv, *, description: str, flag: str, choices, steps: int, measure) -> int:
+    """子进程一侧的入口（与 ``run_probe`` 配对）：解析 ``--<flag> 做法 --device --steps``，
+    调用 ``measure(做法, device, steps)``，把结果作为最后一行 JSON 打印出来。"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(f"--{flag}", dest="mode", required=True, choices=list(choices))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=steps)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.mode, args.device, args.steps)))
+    return 0

@@ -8,14 +8,12 @@ Linux 上用 ``/proc/self/status`` 的 VmHWM，并在训练开始前把它清零
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import course_utils as cu
 
-from .common import Section, run_probe
+from .common import Section, probe_main, run_probe
 
 MODES = {
     "tutorial": "原教程式 strategy 1（主干求梯度、BN 训练模式，contiguous）",
@@ -149,13 +147,8 @@ def run(device, quick: bool = False, context: dict | None = None):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="（内部）在新进程里测一种做法的峰值内存")
-    parser.add_argument("--probe", required=True, choices=list(MODES))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=2)
-    args = parser.parse_args(argv)
-    print(json.dumps(probe(args.probe, args.device, args.steps)))
-    return 0
+    return probe_main(argv, description="（内部）在新进程里测一种做法的峰值内存", flag="probe", choices=MODES,
+                      steps=2, measure=probe)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,12 @@ GPU 上再加混合精度（AMP）；本课程 freeze 的训练步作参照。to
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 
 import course_utils as cu
 
-from .common import Section, median, run_probe, timed
+from .common import Section, median, probe_main, run_probe, timed
 
 NUM_CLASSES = 30  # fruit30 的类别数
 IMAGE_SIZE = 224
@@ -162,13 +160,8 @@ def compile_rows(found: dict, base: float) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="（内部）torch.compile 的子进程测量")
-    parser.add_argument("--compile-probe", required=True, choices=["finetune", "scratch", "freeze"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=5)
-    args = parser.parse_args(argv)
-    print(json.dumps(compile_probe(args.compile_probe, args.device, args.steps)))
-    return 0
+    return probe_main(argv, description="（内部）torch.compile 的子进程测量", flag="compile-probe",
+                      choices=["finetune", "scratch", "freeze"], steps=5, measure=compile_probe)
 
 
 if __name__ == "__main__":
