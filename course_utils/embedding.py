@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import load_checkpoint
 from .compare import ensure_checkpoint
-from .data import make_datasets, make_loaders, prepare_dataset, sample_paths
-from .evaluate import check_class_names
+from .data import sample_paths
+from .evaluate import checkpoint_test_loader
 from .features import extract_features
 from .models import eval_mode
 
@@ -89,10 +89,7 @@ def checkpoint_features(settings, strategy: str, device, *, max_images: int | No
         ``(features, labels, meta)``：特征、类别序号、检查点元数据。
     """
     model, meta = load_checkpoint(ensure_checkpoint(settings.profile, strategy), device=device)
-    eval_settings = settings.replace(image_size=meta["image_size"], resize_size=meta["resize_size"])
-    splits = make_datasets(eval_settings, prepare_dataset(eval_settings))
-    check_class_names(meta, splits.class_names)
-    test_loader = make_loaders(splits, eval_settings, device).test
+    test_loader, _ = checkpoint_test_loader(settings, meta, device)
     features, labels, _ = backbone_features(model, test_loader, device, max_images=max_images)
     return features, labels, meta
 

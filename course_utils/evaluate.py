@@ -25,7 +25,7 @@ __all__ = [
     "Predictions", "predict", "topk_accuracy", "classification_table", "confusion_table",
     "plot_confusion_matrix", "most_confused_pairs", "average_precision_table", "plot_pr_curves", "show_misclassified", "save_predictions_csv",
     "eval_transform_from_meta", "check_class_names", "predict_image", "plot_topk",
-    "show_model_input", "example_image", "checkpoint_summary", "predict_test_set",
+    "show_model_input", "example_image", "checkpoint_summary", "predict_test_set", "checkpoint_test_loader",
 ]
 
 AVERAGE_ROWS = {"macro": "宏平均", "weighted": "加权平均"}
@@ -440,8 +440,17 @@ def predict_test_set(settings, strategy: str, device) -> tuple[Predictions, list
         (Predictions, 类名列表)。
     """
     model, meta = load_checkpoint(ensure_checkpoint(settings.profile, strategy), device=device)
+    test_loader, class_names = checkpoint_test_loader(settings, meta, device)
+    return predict(model, test_loader, device), class_names
+
+
+def checkpoint_test_loader(settings, meta: dict, device):
+    """05 第 3 节的合并版：按检查点记录的尺寸准备测试集的 DataLoader，并确认类别与训练时一致。
+
+    返回：
+        (test_loader, 类名列表)。
+    """
     eval_settings = settings.replace(image_size=meta["image_size"], resize_size=meta["resize_size"])
     splits = make_datasets(eval_settings, prepare_dataset(eval_settings))
     class_names = check_class_names(meta, splits.class_names)
-    test_loader = make_loaders(splits, eval_settings, device).test
-    return predict(model, test_loader, device), class_names
+    return make_loaders(splits, eval_settings, device).test, class_names
