@@ -15,6 +15,15 @@ from .progress import is_headless, progress_bar
 __all__ = ["extract_features", "cache_features"]
 
 
+def batch_to_device(images, labels, device, channels_last: bool):
+    """把一批数据送到 device；channels_last 只用于 4 维的图片张量（训练循环和特征提取共用）。"""
+    import torch
+
+    memory_format = torch.channels_last if channels_last and images.dim() == 4 else torch.contiguous_format
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    return images, labels.to(device, non_blocking=True)
+
+
 def extract_features(model, loader, device, *, max_batches: int | None = None, channels_last: bool = False,
                      desc: str = "提取特征"):
     """把 loader 里的图片送进模型，收集分类头的输入（即主干输出的特征）。
@@ -24,7 +33,6 @@ def extract_features(model, loader, device, *, max_batches: int | None = None, c
     import torch
 
     device = torch.device(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     chunks, all_labels = [], []
     handle = head_module(model).register_forward_pre_hook(lambda module, args: chunks.append(args[0].float().cpu()))
     model.eval()
@@ -33,7 +41,7 @@ def extract_features(model, loader, device, *, max_batches: int | None = None, c
             total = min(len(loader), max_batches) if max_batches else len(loader)
             bar = progress_bar(loader, total=total, desc=desc, unit="批", leave=False, disable=is_headless())
             for images, labels in itertools.islice(bar, total):
-                model(images.to(device, memory_format=memory_format))
+                model(batch_to_device(images, labels, device, channels_last)[0])
                 all_labels.append(labels.cpu())
     finally:
         handle.remove()

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .checkpoints import CheckpointError, best_epoch, library_versions, read_checkpoint, save_checkpoint
-from .features import cache_features
+from .features import batch_to_device, cache_features
 from .models import build_model, check_strategy, head_module, make_optimizer
 from .paths import display_path
 from .progress import is_headless, progress_bar
@@ -37,7 +37,7 @@ def evaluate_accuracy(model, loader, device, *, max_batches: int | None = None, 
     total_loss, correct, seen = 0.0, 0, 0
     with torch.inference_mode():
         for images, labels in itertools.islice(loader, max_batches):  # max_batches 为 None 时不限
-            images, labels = _to_device(images, labels, device, channels_last)
+            images, labels = batch_to_device(images, labels, device, channels_last)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(images)
             total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
@@ -51,14 +51,6 @@ def evaluate_accuracy(model, loader, device, *, max_batches: int | None = None, 
 def _use_amp(amp: bool | None, device) -> bool:
     """混合精度只在 CUDA 上使用（None 表示自动：有 CUDA 就用）。"""
     return device.type == "cuda" and (amp is None or bool(amp))
-
-
-def _to_device(images, labels, device, channels_last: bool):
-    import torch
-
-    memory_format = torch.channels_last if channels_last and images.dim() == 4 else torch.contiguous_format
-    images = images.to(device, non_blocking=True, memory_format=memory_format)
-    return images, labels.to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------- 训练
@@ -189,7 +181,7 @@ class _Run:
         batch_bar = progress_bar(loader, total=total, desc=f"第 {epoch}/{epochs} 轮", unit="批", leave=False,
                                  disable=is_headless())  # 无人值守时只留“轮”的进度条
         for images, labels in itertools.islice(batch_bar, total):
-            images, labels = _to_device(images, labels, self.device, self.channels_last)
+            images, labels = batch_to_device(images, labels, self.device, self.channels_last)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 logits = net(images)
                 loss = F.cross_entropy(logits.float(), labels)
