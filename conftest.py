@@ -22,3 +22,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def chinese_font():
+    """图里的中文用课程字体画（与笔记本里 ``cu.setup_notebook()`` 的效果相同）。
+    测试模块用 ``pytestmark = pytest.mark.usefixtures("chinese_font")`` 启用。"""
+    import course_utils as cu
+
+    cu.setup_chinese_font()

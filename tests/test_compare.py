@@ -7,10 +7,7 @@ import course_utils as cu
 from course_utils.compare import RECORD_METADATA_KEY, _epoch_seconds, _finished_run_matches, _reuse_blocker
 
 
-@pytest.fixture(autouse=True, scope="module")
-def chinese_font():
-    """图里的中文用课程字体画（与笔记本里 cu.setup_notebook() 的效果相同）。"""
-    cu.setup_chinese_font()
+pytestmark = pytest.mark.usefixtures("chinese_font")  # 见 conftest.py
 
 FAKE_TRAIN = """
 import course_utils as cu

@@ -16,15 +16,9 @@ from torchvision import transforms
 
 import course_utils as cu
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 见 conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "chinese_font")  # 见 conftest.py
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def chinese_font():
-    """图里的中文用课程字体画（与笔记本里 cu.setup_notebook() 的效果相同）。"""
-    cu.setup_chinese_font()
 
 
 def _model(arch="resnet18", strategy="finetune", num_classes=3):

@@ -12,10 +12,7 @@ from torchvision import datasets, transforms
 import course_utils as cu
 
 
-@pytest.fixture(autouse=True, scope="module")
-def chinese_font():
-    """图里的中文类名用课程字体画（与笔记本里 cu.setup_notebook() 的效果相同）。"""
-    cu.setup_chinese_font()
+pytestmark = pytest.mark.usefixtures("chinese_font")  # 见 conftest.py
 
 # ---------------------------------------------------------------- 手算的小例子
 # 4 个类别、10 个样本。“葡萄”有 1 个样本，但从来没有被预测到。

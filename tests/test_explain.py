@@ -14,13 +14,7 @@ from torch import nn
 import course_utils as cu
 from course_utils.evaluate import Predictions
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def chinese_font():
-    """图里的中文用课程字体画（与笔记本里 cu.setup_notebook() 的效果相同）。"""
-    cu.setup_chinese_font()
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "chinese_font")  # 见 conftest.py
 
 
 # ---------------------------------------------------------------- 一个只看半边图的小网络
