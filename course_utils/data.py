@@ -29,7 +29,7 @@ from .paths import data_dir, display_path, output_dir
 
 __all__ = [
     "DATASETS", "DatasetSource", "GeneratedDataset", "DatasetUnavailable", "DatasetError",
-    "prepare_dataset", "dataset_status", "dataset_sources", "dataset_classes", "image_folder", "load_rgb_image",
+    "prepare_dataset", "dataset_status", "dataset_sources", "dataset_classes", "image_folder", "load_rgb_image", "open_rgb_image",
     "make_datasets", "DataSplits", "make_loaders", "Loaders", "safe_num_workers",
     "save_class_maps", "load_class_names", "directory_tree", "class_counts", "image_table",
     "sample_images", "list_image_files", "dataset_info", "time_loader", "sample_paths", "image_extensions",
@@ -363,6 +363,20 @@ def load_rgb_image(path) -> Image.Image:
             image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image.alpha_composite(rgba)
         return image.convert("RGB")
+
+
+def open_rgb_image(image):
+    """接受图片路径或 PIL 图片，按数据集读图的同一套规则（``load_rgb_image``）转成 RGB。"""
+    import io
+
+    if isinstance(image, (str, Path)):
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"找不到图片 {image}。检查路径是否写对（相对路径以笔记本所在目录为起点）。")
+        return load_rgb_image(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # 无损地交给同一个读图函数：透明背景、灰度等的处理与测试集完全相同
+    buffer.seek(0)
+    return load_rgb_image(buffer)
 
 
 def list_image_files(root) -> list[tuple[str, str, Path]]:

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import load_checkpoint
 from .compare import ensure_checkpoint, strategy_label
-from .data import list_image_files, load_rgb_image, make_datasets, make_loaders, prepare_dataset, sample_paths
+from .data import list_image_files, make_datasets, make_loaders, open_rgb_image, prepare_dataset, sample_paths
 from .paths import display_path
 from .progress import progress_bar
 from .transforms import build_eval_transform, denormalize
+from .viz import message_figure
 
 if TYPE_CHECKING:  # 只用于类型注解，导入本模块时不会真的导入 numpy / pandas
     import numpy as np
@@ -270,10 +271,7 @@ def show_misclassified(predictions: Predictions, class_names, n: int = 12, cols:
     wrong = np.flatnonzero(predictions.preds != predictions.labels)
     wrong = wrong[np.argsort(-predictions.confidences[wrong], kind="stable")][:n]
     if len(wrong) == 0:
-        fig, ax = plt.subplots(figsize=(4, 1.5))
-        ax.text(0.5, 0.5, "没有分错的图片", ha="center", va="center", fontsize=14)
-        ax.axis("off")
-        return fig
+        return message_figure("没有分错的图片")
     titles = [
         f"真实：{class_names[predictions.labels[i]]}\n"
         f"预测：{class_names[predictions.preds[i]]}（{predictions.confidences[i]:.0%}）"
@@ -327,20 +325,6 @@ def check_class_names(meta: dict, class_names) -> list[str]:
     return expected
 
 
-def _open_rgb(image):
-    """接受图片路径或 PIL 图片，按数据集读图的同一套规则（``load_rgb_image``）转成 RGB。"""
-    import io
-
-    if isinstance(image, (str, Path)):
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"找不到图片 {image}。检查路径是否写对（相对路径以笔记本所在目录为起点）。")
-        return load_rgb_image(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")  # 无损地交给同一个读图函数：透明背景、灰度等的处理与测试集完全相同
-    buffer.seek(0)
-    return load_rgb_image(buffer)
-
-
 def predict_image(model, image, transform, class_names, device, k: int = 3) -> "pd.DataFrame":
     """预测一张图片，返回概率最高的 k 个类别（排名、类别、概率）。
 
@@ -351,7 +335,7 @@ def predict_image(model, image, transform, class_names, device, k: int = 3) -> "
     import pandas as pd
     import torch
 
-    batch = transform(_open_rgb(image)).unsqueeze(0).to(device)  # (1, 通道数, 高, 宽)
+    batch = transform(open_rgb_image(image)).unsqueeze(0).to(device)  # (1, 通道数, 高, 宽)
     model.eval()
     with torch.inference_mode():
         probs = torch.softmax(model(batch).float(), dim=1)[0].cpu()
@@ -381,7 +365,7 @@ def show_model_input(image, transform, mean, std):
     """左边是原图，右边是经过评估预处理（缩放、中心裁剪、归一化后再还原颜色）真正送进模型的图。"""
     import matplotlib.pyplot as plt
 
-    original = _open_rgb(image)
+    original = open_rgb_image(image)
     tensor = transform(original)  # (通道数, 高, 宽)，已归一化
     shown = denormalize(tensor, mean, std)  # 还原颜色，取值 0–1
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.6))

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import CheckpointNotFound, load_checkpoint
 from .compare import ensure_checkpoint, strategy_label
-from .data import load_rgb_image
+from .data import open_rgb_image
 from .evaluate import eval_transform_from_meta
 from .models import eval_mode
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from .viz import message_figure
 
 if TYPE_CHECKING:  # 只用于类型注解
     import pandas as pd
@@ -114,7 +115,7 @@ def plot_grad_cam(images, heatmaps, titles, *, mean_std=(IMAGENET_MEAN, IMAGENET
 
     count = len(images)
     if count == 0:
-        return _empty_figure("没有符合条件的图片")
+        return message_figure("没有符合条件的图片")
     ncols = ncols or min(count, 4)
     nrows = math.ceil(count / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols + (0.6 if row_labels else 0), 3.0 * nrows),
@@ -132,16 +133,6 @@ def plot_grad_cam(images, heatmaps, titles, *, mean_std=(IMAGENET_MEAN, IMAGENET
     for row, label in enumerate(row_labels or ()):
         axes[row, 0].set_ylabel(label, fontsize=10)
     fig.tight_layout()
-    return fig
-
-
-def _empty_figure(text: str):
-    """只写一行说明的小图（没有可画的内容时用）。"""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 1.5))
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14)
-    ax.axis("off")
     return fig
 
 
@@ -178,7 +169,7 @@ def plot_feature_grid(image, sizes: "pd.DataFrame"):
 
     fig, axes = plt.subplots(1, len(sizes), figsize=(3.0 * len(sizes), 3.3), squeeze=False)
     for ax, (size, row) in zip(axes[0], sizes.iterrows()):
-        picture = v2.CenterCrop(size)(v2.Resize(size)(_as_rgb(image)))
+        picture = v2.CenterCrop(size)(v2.Resize(size)(open_rgb_image(image)))
         ax.imshow(picture, extent=(0, size, size, 0))
         for k in range(1, int(row["宽"])):
             ax.axvline(k * size / row["宽"], color="white", linewidth=1.2)
@@ -195,13 +186,8 @@ def load_image_batch(images, transform) -> "torch.Tensor":
     """把若干张图片（路径或 PIL 图片）用同一个预处理变成一批张量 (张数, 通道数, 高, 宽)；没有图片时返回空张量。"""
     import torch
 
-    tensors = [transform(_as_rgb(image)) for image in images]
+    tensors = [transform(open_rgb_image(image)) for image in images]
     return torch.stack(tensors) if tensors else torch.zeros(0, 3, 0, 0)
-
-
-def _as_rgb(image):
-    """路径按数据集读图的规则（``load_rgb_image``）读成 RGB；PIL 图片直接转成 RGB。"""
-    return image.convert("RGB") if hasattr(image, "convert") else load_rgb_image(image)
 
 
 def pick_examples(predictions, *, correct: bool | None = True, n: int = 8) -> list[int]:
@@ -271,7 +257,7 @@ def compare_grad_cam(models: dict, image_paths, labels, *, device):
     import torch
 
     if not models:
-        return _empty_figure("没有可以比较的模型")
+        return message_figure("没有可以比较的模型")
     images_all, heatmaps_all, titles_all, colors_all = [], [], [], []
     for model, meta in models.values():
         images = load_image_batch(image_paths, eval_transform_from_meta(meta))

@@ -16,7 +16,7 @@ from .paths import output_dir
 from .transforms import CHANNEL_NAMES, IMAGENET_MEAN, IMAGENET_STD, augmentation_steps, denormalize, pixels_by_channel
 
 __all__ = [
-    "save_figure", "show_images", "show_batch", "plot_class_counts", "plot_image_sizes",
+    "save_figure", "message_figure", "show_images", "show_batch", "plot_class_counts", "plot_image_sizes",
     "show_augmentations", "plot_pixel_histogram", "plot_trainable_blocks", "plot_history",
 ]
 
@@ -41,6 +41,16 @@ def _as_array(image):
         array = array.permute(1, 2, 0).numpy() if array.dim() == 3 else array.numpy()
         return array.clip(0, 1)
     return np.asarray(image)
+
+
+def message_figure(text: str):
+    """只写一行说明的小图：没有内容可画时（例如没有分错的图片）用它代替空白的图。"""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 1.5))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14)
+    ax.axis("off")
+    return fig
 
 
 def show_images(images, titles=None, *, ncols: int | None = None, size: float = 2.2, suptitle: str | None = None,
