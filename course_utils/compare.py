@@ -7,9 +7,7 @@ papermill 把 04 当作一个函数来调用：每种策略注入一组参数执
 
 from __future__ import annotations
 
-import os
 import statistics
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +15,8 @@ from . import paths
 from .checkpoints import CheckpointNotFound, checkpoint_path, metrics_path, read_metrics
 from .config import resolve_settings
 from .models import STRATEGIES, STRATEGY_NAMES, weights_cache_path
-from .progress import HEADLESS_ENV_VAR, progress_bar
+from .progress import progress_bar
+from .runner import execute_notebook
 from .train import with_training_defaults
 
 if TYPE_CHECKING:  # 只用于类型注解
@@ -56,43 +55,22 @@ class Notes(list):
 # ---------------------------------------------------------------- 执行训练笔记本
 
 
-@contextmanager
-def _headless_children():
-    """执行期间设置 COURSE_HEADLESS=1：papermill 启动的子内核继承它，改用文字进度条
-    （网页进度条在无人值守执行的副本里只会留下一行 “HBox(...)”）。结束后恢复原值。"""
-    old = os.environ.get(HEADLESS_ENV_VAR)
-    os.environ[HEADLESS_ENV_VAR] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(HEADLESS_ENV_VAR, None)
-        else:
-            os.environ[HEADLESS_ENV_VAR] = old
-
-
 def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebook=None) -> Path:
     """用 papermill 执行一次训练笔记本，副本写到 ``outputs/<档位>/notebooks/04_train_<策略>.ipynb``。"""
-    import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     notebook = Path(notebook or paths.NOTEBOOKS_DIR / "04_train.ipynb")
     output = paths.output_dir(profile, "notebooks") / f"{notebook.stem}_{strategy}.ipynb"
     injected = {**parameters, "PROFILE": profile, "STRATEGY": strategy}
-    with _headless_children():
-        try:
-            pm.execute_notebook(
-                str(notebook), str(output), parameters=injected, cwd=str(notebook.parent),
-                kernel_name="python3", progress_bar=False,
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # 子内核的启动日志不混进本笔记本的输出
-            )
-        except PapermillExecutionError as exc:
-            raise StrategyRunFailed(
-                f"训练笔记本 {notebook.name}（STRATEGY = {strategy!r}）出错：{exc.ename}: {exc.evalue}\n"
-                f"执行到出错处的副本在 {paths.display_path(output)}，打开它查看出错的单元格。"
-            ) from exc
-        finally:
-            _mark_training_record(output, strategy, injected)
+    try:
+        execute_notebook(notebook, output, injected, progress_bar=False)
+    except PapermillExecutionError as exc:
+        raise StrategyRunFailed(
+            f"训练笔记本 {notebook.name}（STRATEGY = {strategy!r}）出错：{exc.ename}: {exc.evalue}\n"
+            f"执行到出错处的副本在 {paths.display_path(output)}，打开它查看出错的单元格。"
+        ) from exc
+    finally:
+        _mark_training_record(output, strategy, injected)
     return output
 
 

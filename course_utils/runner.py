@@ -11,6 +11,7 @@ import ast
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,12 +84,9 @@ def run_notebooks(
     notebooks_dir: Path | None = None,
 ) -> list[NotebookResult]:
     """依次执行笔记本，返回每个笔记本的结果；出错时抛出 NotebookFailed。"""
-    import papermill as pm
-
     profile = resolve_profile(profile)
     notebooks_dir = Path(notebooks_dir or paths.NOTEBOOKS_DIR).resolve()
     out_dir = paths.output_dir(profile, "notebooks")
-    os.environ[HEADLESS_ENV_VAR] = "1"  # 内核继承这个环境变量，改用文字进度条
     os.environ["COURSE_PROFILE"] = profile
     results = []
     for notebook, output in _planned_runs(notebooks_dir, out_dir, only):
@@ -97,17 +95,40 @@ def run_notebooks(
         output.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(
-                str(notebook), str(output), parameters={"PROFILE": profile, **(parameters or {})},
-                cwd=str(notebook.parent), kernel_name="python3", progress_bar=True,
-                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # 不让内核的日志刷屏（出错时的中断日志也不要）
-            )
+            execute_notebook(notebook, output, {"PROFILE": profile, **(parameters or {})}, progress_bar=True)
         except (Exception, KeyboardInterrupt) as exc:  # 单元格出错、内核起不来、超时、按了 Ctrl+C：都指名道姓地报告
             failed = _describe_failure(notebook, output, exc)
             failed.completed, failed.seconds = results, time.perf_counter() - start
             raise failed from exc
         results.append(NotebookResult(name, time.perf_counter() - start, "通过"))
     return results
+
+
+@contextmanager
+def headless_children():
+    """执行期间设置 COURSE_HEADLESS=1：papermill 启动的子内核继承它，改用文字进度条
+    （网页进度条在无人值守执行的副本里只会留下一行 “HBox(...)”）。结束后恢复原值。"""
+    old = os.environ.get(HEADLESS_ENV_VAR)
+    os.environ[HEADLESS_ENV_VAR] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(HEADLESS_ENV_VAR, None)
+        else:
+            os.environ[HEADLESS_ENV_VAR] = old
+
+
+def execute_notebook(notebook: Path, output: Path, parameters: dict, *, progress_bar: bool) -> None:
+    """用 papermill 无人值守地执行一个笔记本（runner 和 06 的策略对比共用）：工作目录是笔记本所在的文件夹，
+    内核 python3，内核日志不刷屏（出错时的中断日志也不要），子内核用文字进度条。"""
+    import papermill as pm
+
+    with headless_children():
+        pm.execute_notebook(
+            str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
+            kernel_name="python3", progress_bar=progress_bar, extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+        )
 
 
 def _planned_runs(notebooks_dir: Path, out_dir: Path, only: list[str] | None) -> list[tuple[Path, Path]]:
