@@ -12,7 +12,7 @@ from pathlib import Path
 from .checkpoints import best_epoch
 from .data import load_rgb_image
 from .models import STRATEGY_NAMES, count_params, trainable_summary
-from .paths import output_dir
+from .paths import display_path, output_dir
 from .transforms import CHANNEL_NAMES, IMAGENET_MEAN, IMAGENET_STD, augmentation_steps, denormalize, pixels_by_channel
 
 __all__ = [
@@ -21,13 +21,14 @@ __all__ = [
 ]
 
 
-def save_figure(fig, profile: str, name: str, formats: tuple[str, ...] = ("png",)) -> Path:
-    """把图保存到 ``outputs/<档位>/figures/<name>.<格式>``，返回第一个文件的路径。"""
+def save_figure(fig, profile: str, name: str, formats: tuple[str, ...] = ("png",)) -> str:
+    """把图保存到 ``outputs/<档位>/figures/<name>.<格式>``，返回第一个文件给人看的路径
+    （仓库里的写成相对路径，如 ``outputs/demo/figures/a.png``，笔记本里直接显示它）。"""
     out_dir = output_dir(profile, "figures")
     saved = [out_dir / f"{name}.{fmt}" for fmt in formats]
     for path in saved:
         fig.savefig(path)
-    return saved[0]
+    return display_path(saved[0])
 
 
 def _as_array(image):
