@@ -263,17 +263,27 @@ def comparison_caveats(profile: str, strategies=STRATEGIES) -> Notes:
     return notes
 
 
+# 需要预训练权重的策略从随机初始化开始时，这意味着什么（06 的说明和讲义的提示框共用）
+RANDOM_START_EFFECTS = {
+    "freeze": "freeze 只是在一个随机的、冻结的主干网络上训练分类头，几乎学不到东西",
+    "finetune": "finetune 等同于从头训练（只是主干网络的学习率更小）",
+}
+
+
+def random_start(metrics: dict) -> tuple[list[str], str]:
+    """{策略: 指标} 里需要预训练权重、却从随机初始化开始的策略（按课程里的顺序），以及对它们意味着什么的一句话。"""
+    order = {strategy: i for i, strategy in enumerate(STRATEGIES)}
+    strategies = sorted((s for s, m in metrics.items() if s != "scratch" and not m.get("weights")),
+                        key=lambda s: (order.get(s, len(order)), s))
+    return strategies, "；".join(RANDOM_START_EFFECTS[s] for s in strategies if s in RANDOM_START_EFFECTS)
+
+
 def _random_weights_notes(metrics: dict) -> list[str]:
     """需要预训练权重的策略却是随机初始化时，说明这对每种策略意味着什么、怎样补救。"""
-    random_start = [s for s, m in metrics.items() if s != "scratch" and not m.get("weights")]
-    if not random_start:
+    strategies, details = random_start(metrics)
+    if not strategies:
         return []
-    meaning = {
-        "freeze": "freeze 只是在一个随机的、冻结的主干网络上训练分类头，几乎学不到东西",
-        "finetune": "finetune 等同于从头训练（只是主干网络的学习率更小）",
-    }
-    details = "；".join(meaning[s] for s in random_start if s in meaning)
-    by_design = all(metrics[s].get("settings", {}).get("weights", "") is None for s in random_start)
+    by_design = all(metrics[s].get("settings", {}).get("weights", "") is None for s in strategies)
     if by_design:  # 设置里就写着不用权重（例如 smoke 档位）
         remedy = "想看迁移学习的作用，换用 demo、quick 或 full 档位。"
     else:
@@ -281,7 +291,7 @@ def _random_weights_notes(metrics: dict) -> list[str]:
                   "权重已经在本机时，没用上权重的旧结果不会被复用；联网下载的话设 FORCE = True。")
     why = "按设置没有用" if by_design else "这次没有用上"
     return [
-        f"{'、'.join(random_start)} {why} ImageNet 预训练权重（随机初始化）" + (f"：{details}" if details else "")
+        f"{'、'.join(strategies)} {why} ImageNet 预训练权重（随机初始化）" + (f"：{details}" if details else "")
         + f"。所以它们和 scratch 的差别不能说明迁移学习的作用。{remedy}"
     ]
 

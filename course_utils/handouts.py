@@ -353,24 +353,22 @@ li p, p.intro {{ margin: 0.2em 0 0; font-size: 0.9em; color: #555; }}
 
 def _weights_banner(profile: str, metrics_dir: Path) -> str:
     """这次运行需要预训练权重的策略却是随机初始化时的提示框（HTML）；都用上了权重，或者是 smoke 档位时为空。"""
-    import json
+    from .checkpoints import read_metrics
+    from .compare import random_start
 
     if profile == "smoke":  # smoke 档位本来就不用预训练权重，只检查流程
         return ""
-    random_start = []
-    for path in sorted(Path(metrics_dir).glob("*.json")):
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(metrics, dict) and "weights" in metrics and metrics.get("strategy", "scratch") != "scratch" \
-                and metrics["weights"] is None:
-            random_start.append(metrics["strategy"])
-    if not random_start:
+    runs = {}
+    for path in sorted(Path(metrics_dir).glob("*.json")):  # 除了每次训练的指标，还有类别映射等别的 JSON
+        metrics = read_metrics(path)
+        if isinstance(metrics, dict) and "weights" in metrics and "strategy" in metrics:
+            runs[metrics["strategy"]] = metrics
+    strategies, details = random_start(runs)
+    if not strategies:
         return ""
-    meaning = {"freeze": "freeze 只是在随机的主干网络上训练分类头", "finetune": "finetune 等同于从头训练（只是主干网络的学习率更小）"}
-    random_start.sort(key=lambda s: (list(meaning).index(s) if s in meaning else len(meaning), s))  # 按课程里的顺序
-    details = "；".join(meaning[s] for s in random_start if s in meaning)
     return (
         '<div class="course-banner" role="note"><strong>注意：本次运行没有用上 ImageNet 预训练权重。</strong>'
-        f"{html.escape('、'.join(random_start))} 是从随机初始化开始训练的（原因见 04 构建模型时的说明）"
+        f"{html.escape('、'.join(strategies))} 是从随机初始化开始训练的（原因见 04 构建模型时的说明）"
         + (f"：{html.escape(details)}" if details else "")
         + "。所以这些页面里的准确率和三种策略的对比不能说明迁移学习的效果。"
         f"联网或准备好权重文件后重新运行课程（python -m course_utils run --profile {html.escape(profile)}）。</div>"
