@@ -1,18 +1,18 @@
 """迁移学习图像分类实战 · 课程辅助包。
 
-笔记本里统一写 ``import course_utils as cu``，再调用 ``cu.fit(...)``、``cu.get_device()`` 等，
-这样每个函数从哪里来一目了然。函数按用途分在这些模块里：
+笔记本里统一写 ``import course_utils as cu``，再调用 ``cu.fit(...)``、``cu.get_device()`` 等，每个函数从哪里来一目了然。
+``dir(cu)`` 列出全部公开的名字（不到 60 个，一屏读得完）。它们分在这些模块里：
 
-- ``config``：四种运行档位与设置；``paths``：仓库里的固定位置；``progress``：进度条；
-- ``env``：随机种子、计算设备、笔记本设置、环境检查；``fonts``：中文字体；
-- ``download``：下载与安全解压；``demo``：生成演示数据集；``imagefolder``：课程用的 ImageFolder；
-  ``health``：数据健康检查；``data``：数据集与 DataLoader；``transforms``：图像预处理；
-- ``models``：构建模型与三种迁移策略；``train``：训练循环；``checkpoints``：检查点与指标文件；
-  ``features``：freeze 的特征缓存；
-- ``evaluate``：评估与预测；``compare``：三种策略对比；``viz``：绘图；
-  ``explain``：Grad-CAM，模型在看哪里（选学 10）；``embedding``：特征空间、k 近邻分数、t-SNE（选学 11）；
-  ``onnx_export``：导出 ONNX、用 onnxruntime 预测并与 PyTorch 对照（选学 12）；
-- ``runner``：按顺序执行全部笔记本；``handouts``：HTML 讲义。
+- ``config``：四种运行档位与设置；``paths``：输出目录；``env``：随机种子、计算设备、环境检查；``fonts``：中文字体；
+- ``data``：准备数据集，以及 03 写出来的预处理、ImageFolder 和 DataLoader；``health``：数据健康检查；
+- ``models``：加载预训练网络，以及 04 写出来的换分类头、冻结和优化器；``train``：04 写出来的训练与评估循环和 ``fit``；
+- ``checkpoints``：检查点与指标文件；``compare``：三种策略对比（06）；``evaluation``：评估的图表和 07 写出来的预测；
+  ``viz``：其余的图。
+
+笔记本写出来、后面又要复用的函数，在包里是一字不差的同一份（``tests/test_notebook_code.py`` 检查）。
+不必读的幕后部分在 ``files``、``download``、``demo``、``progress``、``runner``、``handouts``。
+选学笔记本的辅助函数不占核心名单，用模块名调用：``cu.explain``（10，Grad-CAM）、``cu.embedding``（11，特征空间）、
+``cu.onnx_export``（12，导出 ONNX）。
 
 导入本包没有副作用，也不会立刻导入 PyTorch：第一次用到某个函数时才导入它所在的模块。
 """
@@ -29,6 +29,8 @@ __version__ = "0.1.0"
 
 # 包里的每个模块（不含 __main__ 这类下划线开头的）；每个模块用 __all__ 声明自己对外提供的函数
 _MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+OPTIONAL_MODULES = ("explain", "embedding", "onnx_export")  # 选学笔记本的辅助函数：cu.explain.grad_cam(...)
+_CORE = tuple(m for m in _MODULES if m not in OPTIONAL_MODULES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,7 +45,7 @@ def _declared_names(module_name: str) -> tuple[str, ...]:
 
 def _owner(name: str) -> str | None:
     """名字 name 由哪个模块提供。"""
-    return next((m for m in _MODULES if name in _declared_names(m)), None)
+    return next((m for m in _CORE if name in _declared_names(m)), None)
 
 
 def __getattr__(name: str):
@@ -60,4 +62,9 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()).union(*(_declared_names(m) for m in _MODULES)))
+    return sorted(public_names() | set(OPTIONAL_MODULES))
+
+
+def public_names() -> set[str]:
+    """核心名单：各核心模块 ``__all__`` 里的名字（``cu.`` 后面能直接用的函数和常量）。"""
+    return set().union(*(_declared_names(m) for m in _CORE))

@@ -15,16 +15,21 @@ import platform
 import tempfile
 from pathlib import Path
 
-from .models import build_model, count_params
 from .paths import display_path, output_dir
 
-__all__ = [
-    "CheckpointError", "CheckpointNotFound", "checkpoint_path", "metrics_path", "save_checkpoint",
-    "load_checkpoint", "read_checkpoint", "library_versions", "write_metrics", "read_metrics", "best_epoch",
-    "training_meta", "summarize_run", "metrics_summary",
-]
+__all__ = ["load_checkpoint", "checkpoint_path", "run_meta", "record_run"]
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
+# load_checkpoint 重建模型、评估和预测时必须知道的元数据；save_checkpoint 缺了任何一项都拒绝写
+REQUIRED_META = {
+    "arch": "网络结构（\"resnet18\" 或 \"efficientnet_lite0\"）",
+    "num_classes": "类别数",
+    "class_names": "类名列表（按类别序号排列）",
+    "image_size": "输入边长（像素）",
+    "resize_size": "评估时先缩放到的边长",
+    "mean": "归一化的均值（3 个数）",
+    "std": "归一化的标准差（3 个数）",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -61,6 +66,15 @@ def save_checkpoint(path, model, meta: dict, *, train_state: dict | None = None)
     任何一步出错，旧文件原样保留，临时文件被删掉。
     """
     _check_plain(meta, "meta")
+    missing = [f"{key}（{text}）" for key, text in REQUIRED_META.items() if key not in meta]
+    if missing:
+        raise CheckpointError(
+            f"检查点元数据缺少 {'、'.join(missing)}：没有它们，load_checkpoint 就无法重建模型、按原样预处理图片。"
+            "用 cu.checkpoints.run_meta(settings, info, class_names) 生成元数据，再把你自己的项加进去。"
+        )
+    if len(meta["class_names"]) != meta["num_classes"]:
+        raise CheckpointError(f"检查点元数据里 class_names 有 {len(meta['class_names'])} 个，num_classes 却是 "
+                              f"{meta['num_classes']}：两者必须一致。")
     state_dict = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     payload = {"state_dict": state_dict, "meta": meta}
     if train_state is not None:
@@ -137,22 +151,20 @@ def library_versions() -> dict:
 def load_checkpoint(path, device="cpu"):
     """安全地加载课程检查点，返回 ``(model, meta)``；模型已放到 device 上并处于评估模式（eval）。
 
-    用 meta 里的 arch、num_classes、strategy 重建模型（不加载任何预训练权重），
-    再用 ``weights_only=True`` 读入 state_dict。``model.course_info`` 里的 weights / weights_note
-    换成训练时的实际情况。
+    按 meta 里的 arch 和 num_classes 搭出同样的结构（随机初始化，不下载任何权重），换上同样大小的分类头，
+    再用 ``weights_only=True`` 读入训练好的 state_dict：文件里只有张量和普通类型，不会执行任何代码。
     """
-    import torch
+    from .models import _random_network, replace_head
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFound(_missing_checkpoint_message(path))
     payload = read_checkpoint(path)
     meta = payload["meta"]
-    model = build_model(meta["arch"], num_classes=meta["num_classes"], strategy=meta["strategy"], weights=None)
+    model = _random_network(meta["arch"])
+    replace_head(model, meta["num_classes"])
     model.load_state_dict(payload["state_dict"])
-    model.course_info.update(weights=meta.get("weights"), weights_note=meta.get("weights_note"),
-                             checkpoint=str(path))
-    return model.to(torch.device(device)).eval(), meta
+    return model.to(device).eval(), meta
 
 
 def read_checkpoint(path) -> dict:
@@ -203,65 +215,85 @@ def best_epoch(history: list[dict]) -> dict:
     return max(history, key=lambda record: (record["val_acc"], -record["epoch"]))
 
 
-def training_meta(settings, class_names, *, mean=None, std=None) -> dict:
-    """检查点里与数据有关的元数据：类别名、图片尺寸、归一化参数、档位与全部设置。"""
-    from .transforms import IMAGENET_MEAN, IMAGENET_STD
+def run_meta(settings, info: dict, class_names) -> dict:
+    """一次训练的元数据（检查点和指标 JSON 共用）：模型从哪里来、用什么数据和预处理、全部设置。
 
+    参数：
+        info：``cu.build_model`` 返回的 info（arch、strategy、weights、weights_note、mean、std……）。
+    """
     return {
-        "class_names": [str(name) for name in class_names],
+        **info, "class_names": [str(name) for name in class_names], "num_classes": len(class_names),
         "image_size": int(settings.image_size), "resize_size": int(settings.resize_size),
-        "mean": [float(v) for v in (mean if mean is not None else IMAGENET_MEAN)],
-        "std": [float(v) for v in (std if std is not None else IMAGENET_STD)],
+        "mean": [float(v) for v in info["mean"]], "std": [float(v) for v in info["std"]],
         "profile": settings.profile, "settings": settings.to_dict(),
     }
 
 
-def summarize_run(model, history: list[dict], settings, *, strategy: str, device, test: dict | None = None,
-                  feature_cache: bool = False) -> dict:
-    """把一次训练整理成指标字典（写入 metrics JSON，06 笔记本用它做对比）。
+def summarize_run(meta: dict, history: list[dict], *, trainable_params: int, total_params: int, device,
+                  test: dict | None = None) -> dict:
+    """把一次训练整理成指标字典（写进 ``metrics/<策略>.json``；06 用它对比）。
 
     参数：
-        test：测试集上的 ``{"loss", "acc"}``（``evaluate_accuracy`` 的结果）；还没测就是 None。
-    返回的 cache_seconds 是提取特征缓存的总用时（已经算在 seconds_total 里；不缓存时为 0）。
+        meta：``run_meta`` 的结果；test：测试集上的 ``{"loss", "acc"}``，还没评就是 None。
     """
-    info, best, counts = model.course_info, best_epoch(history), count_params(model)
-    seconds = [record["seconds"] for record in history]
+    best, seconds = best_epoch(history), [record["seconds"] for record in history]
+    keep = ("strategy", "profile", "arch", "weights", "weights_note", "image_size", "settings")
     return {
-        "strategy": strategy, "profile": settings.profile, "arch": info["arch"],
-        "weights": info["weights"], "weights_note": info["weights_note"],
-        "epochs": len(history), "image_size": settings.image_size, "batch_size": settings.batch_size,
-        "lr": settings.lr, "seed": settings.seed,
+        **{key: meta.get(key) for key in keep}, "epochs": len(history),
         "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
         "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
-        "trainable_params": counts["trainable"], "total_params": counts["total"],
+        "trainable_params": int(trainable_params), "total_params": int(total_params),
         "seconds_total": sum(seconds), "seconds_per_epoch": sum(seconds) / len(seconds),
         "cache_seconds": sum(record.get("cache_seconds", 0.0) for record in history),
-        "feature_cache": bool(feature_cache), "device": str(device),
-        "history": [dict(record) for record in history], "settings": settings.to_dict(),
+        "feature_cache": bool(meta.get("settings", {}).get("feature_cache")), "device": str(device),
+        "history": [dict(record) for record in history],
     }
 
 
+def record_run(meta: dict, history: list[dict], model, *, device, test: dict | None = None):
+    """04 的最后一步：把这次训练整理成指标 JSON，写到 ``outputs/<档位>/metrics/<策略>.json``，返回一张摘要表。"""
+    from .models import count_params
+
+    counts = count_params(model)
+    metrics = summarize_run(meta, history, trainable_params=counts["trainable"], total_params=counts["total"],
+                            device=device, test=test)
+    path = write_metrics(metrics_path(meta["profile"], meta["strategy"]), metrics)
+    return metrics_summary(metrics, path)
+
+
 def metrics_summary(metrics: dict, path=None):
-    """把指标字典里最要紧的几项整理成“项目 / 取值”小表（百分数、秒数已格式化）；给出 path 时加一行文件位置。"""
+    """指标里最要紧的几项，整理成“项目 / 取值”小表（百分数、秒数已格式化）；给出 path 时加一行文件位置。"""
     import pandas as pd
 
     def percent(value):
-        return "—" if value is None else f"{value:.1%}"
+        return "—（06 选定策略之后再评）" if value is None else f"{value:.1%}"
 
     rows = {
-        "策略": metrics["strategy"],
+        "策略": metrics["strategy"], "网络结构": metrics["arch"],
         "初始权重": metrics.get("weights_note") or metrics.get("weights") or "随机初始化",
-        "最佳轮次": metrics["best_epoch"],
-        "最佳验证准确率": percent(metrics["best_val_acc"]),
+        "最佳轮次": metrics["best_epoch"], "最佳验证准确率": percent(metrics["best_val_acc"]),
         "测试准确率": percent(metrics.get("test_acc")),
         "可训练参数": f"{metrics['trainable_params']:,} / {metrics['total_params']:,}",
         "每轮用时（秒）": f"{metrics['seconds_per_epoch']:.2f}",
-        "缓存特征": f"是（提取特征共 {metrics.get('cache_seconds', 0.0):.1f} 秒，已计入用时）"
-        if metrics.get("feature_cache") else "否",
+        "缓存特征": f"是（提取特征 {metrics['cache_seconds']:.1f} 秒，已计入用时）" if metrics.get("feature_cache") else "否",
     }
     if path is not None:
         rows["指标文件"] = display_path(path)
     return pd.DataFrame({"取值": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="项目"))
+
+
+# 需要预训练权重的策略从随机初始化开始时，这意味着什么（06 的说明和讲义的提示框共用）
+RANDOM_START_EFFECTS = {
+    "freeze": "freeze 只是在一个随机的、冻结的主干网络上训练分类头，几乎学不到东西",
+    "finetune": "finetune 等同于从头训练（只是主干网络的学习率更小）",
+}
+
+
+def random_start(metrics: dict) -> tuple[list[str], str]:
+    """{策略: 指标} 里本该用预训练权重、却从随机初始化开始的策略（按课程里的顺序），以及这意味着什么的一句话。"""
+    order = ("freeze", "finetune")
+    strategies = [s for s in order if s in metrics and not metrics[s].get("weights")]
+    return strategies, "；".join(RANDOM_START_EFFECTS[s] for s in strategies)
 
 
 # ---------------------------------------------------------------- 指标文件

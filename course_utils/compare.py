@@ -1,44 +1,40 @@
-"""三种策略对比（06 用）：用 papermill 执行训练笔记本 04、复用已有结果、对比表、学习曲线。
+"""三种策略对比（06 用）：用 papermill 执行训练笔记本 04、按验证集选定策略、之后才评测试集、对比表、学习曲线，
+以及“训练图片越少，预训练越值钱”的数据量曲线。
 
-papermill 把 04 当作一个函数来调用：每种策略注入一组参数执行一次，执行过的副本保存在
-``outputs/<档位>/notebooks/04_train_<策略>.ipynb``。05、07 找不到检查点时也用这里的
-``ensure_checkpoint()`` 补训练一次（只在 demo / smoke 档位，几秒到几分钟）。
+公平比较的规矩：三种策略同样的数据划分、种子、轮数、图片尺寸、批量和预处理，**都不缓存特征**（数据增广相同）；
+只按**验证集**准确率选策略，选定并记下之后，才在测试集上把每种策略各评一次。05、07 和选学的 10–12 默认用这里选中的策略。
 """
 
 from __future__ import annotations
 
-import statistics
+import json
+import math
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import paths
-from .checkpoints import CheckpointNotFound, checkpoint_path, metrics_path, read_metrics
-from .config import resolve_settings
-from .models import STRATEGIES, STRATEGY_NAMES, weights_cache_path
+from .checkpoints import (CheckpointNotFound, checkpoint_path, load_checkpoint, metrics_path, random_start,
+                          read_metrics, write_metrics)
+from .config import STRATEGIES, resolve_settings
+from .models import build_model, count_params, make_optimizer, strategy_label
 from .progress import progress_bar
 from .runner import execute_notebook
-from .train import with_training_defaults
-
-if TYPE_CHECKING:  # 只用于类型注解
-    import pandas as pd
 
 __all__ = [
-    "strategy_label", "StrategyRunFailed", "ensure_checkpoint", "run_strategies", "strategy_comparison",
-    "comparison_caveats", "plot_strategy_curves",
+    "run_strategies", "strategy_checkpoint", "checkpoint_data", "comparison_caveats", "plot_strategy_curves",
+    "data_efficiency", "plot_data_efficiency",
 ]
 
-# 判断“已有结果可以复用”时必须相同的设置：同样的数据、种子、轮数、图片尺寸、权重和训练超参数
+# 判断“已有结果可以复用”时必须相同的设置（test 不在其中：它只决定训练完要不要顺手评测试集）
 SAME_RUN_KEYS = (
-    "dataset", "per_class_limit", "val_fraction", "seed", "epochs", "max_batches", "weights",
-    "image_size", "resize_size", "batch_size", "lr", "strategy", "arch", "feature_cache",
+    "dataset", "arch", "per_class_limit", "val_fraction", "seed", "epochs", "max_batches", "weights", "image_size",
+    "resize_size", "batch_size", "lr", "backbone_lr_scale", "strategy", "feature_cache",
 )
+# 06 注入给每次 04 的参数：都不缓存特征（数据增广相同），先不评测试集（选定策略之后统一评）
+COMPARISON_PARAMETERS = {"FEATURE_CACHE": False, "TEST": False}
 # 执行过的 04 副本里的标记：讲义据此把它归入“训练记录”，而不是当成一节课
 RECORD_METADATA_KEY = "course_training_run"
-
-
-def strategy_label(strategy: str) -> str:
-    """策略的中文名加英文代号，例如“微调全部层（finetune）”（表格和图例用）。"""
-    return f"{STRATEGY_NAMES[strategy]}（{strategy}）" if strategy in STRATEGY_NAMES else str(strategy)
+CHOICE_FILE = "choice.json"
 
 
 class StrategyRunFailed(RuntimeError):
@@ -46,7 +42,7 @@ class StrategyRunFailed(RuntimeError):
 
 
 class Notes(list):
-    """几条说明文字：是普通的列表，在笔记本里显示成一个项目列表（不用 print）。"""
+    """几条说明文字：是普通的列表，在笔记本里显示成一个项目列表。"""
 
     def _repr_markdown_(self) -> str:
         return "\n".join(f"- {note}" for note in self) if self else "（没有需要特别注意的地方。）"
@@ -57,6 +53,7 @@ class Notes(list):
 
 def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebook=None) -> Path:
     """用 papermill 执行一次训练笔记本，副本写到 ``outputs/<档位>/notebooks/04_train_<策略>.ipynb``。"""
+    import nbformat
     from papermill.exceptions import PapermillExecutionError
 
     notebook = Path(notebook or paths.NOTEBOOKS_DIR / "04_train.ipynb")
@@ -70,48 +67,11 @@ def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebo
             f"执行到出错处的副本在 {paths.display_path(output)}，打开它查看出错的单元格。"
         ) from exc
     finally:
-        _mark_training_record(output, strategy, injected)
+        if output.exists():  # 记下“这是一次训练记录”和注入的参数（讲义按它分组）
+            nb = nbformat.read(output, as_version=4)
+            nb.metadata[RECORD_METADATA_KEY] = {"strategy": strategy, "parameters": dict(injected)}
+            nbformat.write(nb, output)
     return output
-
-
-def _mark_training_record(output: Path, strategy: str, injected: dict) -> None:
-    """在执行过的副本里记下“这是一次训练记录”和注入的参数（讲义按它分组）。"""
-    import nbformat
-
-    if not output.exists():
-        return
-    nb = nbformat.read(output, as_version=4)
-    nb.metadata[RECORD_METADATA_KEY] = {"strategy": strategy, "parameters": dict(injected)}
-    nbformat.write(nb, output)
-
-
-def ensure_checkpoint(profile: str, strategy: str, run_missing: bool | None = None, notebook=None) -> Path:
-    """返回 04 训练出的最优检查点路径；还没有时按档位处理。
-
-    参数：
-        run_missing：找不到检查点时是否当场用 papermill 运行 04 来训练一个。
-            None 表示只在 demo / smoke 档位这样做（几秒到几分钟）；full / quick 档位训练较久，
-            直接报错，提示先运行 04。
-        notebook：训练笔记本（默认 notebooks/04_train.ipynb；测试时换成小笔记本）。
-    """
-    path = Path(checkpoint_path(profile, strategy, kind="best"))
-    if path.exists():
-        return path
-    if run_missing is None:
-        run_missing = profile in ("demo", "smoke")
-    if not run_missing:
-        raise CheckpointNotFound(
-            f"还没有 {profile} 档位、{strategy} 策略的检查点（{paths.display_path(path)}）。"
-            f"先运行 04_train.ipynb（parameters 单元格里设 PROFILE = {profile!r}、STRATEGY = {strategy!r}），"
-            f"或执行 python -m course_utils run --profile {profile} --only 04 -p STRATEGY={strategy}"
-        )
-    print(f"还没有 {strategy} 策略的检查点：现在用 papermill 运行 04_train.ipynb（{profile} 档位）来训练一个……")
-    executed = _run_training_notebook(profile, strategy, {}, notebook)
-    print(f"训练完成，执行过的笔记本在 {paths.display_path(executed)}")
-    return path
-
-
-# ---------------------------------------------------------------- 复用已有结果
 
 
 def _load_metrics(profile: str, strategy: str) -> dict | None:
@@ -120,70 +80,129 @@ def _load_metrics(profile: str, strategy: str) -> dict | None:
 
 
 def _reuse_blocker(profile: str, strategy: str, parameters: dict) -> str | None:
-    """已有结果为什么不能复用（一句话）；能复用时返回 None。
-
-    能复用的条件：有指标 JSON，设置逐项相同（按 04 补全默认值之后比较），而且不是这种情况：
-    需要预训练权重的策略上次没拿到权重（退回了随机初始化），而现在本机已经有了这份权重。
-    （本机还是没有时照样复用：离线时重新训练只会再退回随机初始化，白花时间；对比表和说明会写明是随机初始化。）
-    """
+    """已有结果为什么不能复用（一句话）；能复用时返回 None。设置逐项相同（按 04 补全默认值之后比较）才复用。"""
     metrics = _load_metrics(profile, strategy)
     if metrics is None:
         return "还没有训练结果"
-    lowered = {key.lower(): value for key, value in parameters.items()}
-    requested = resolve_settings(profile, **lowered, strategy=strategy)
-    expected = with_training_defaults(requested).to_dict()  # 与 04 补全默认值的方式相同
+    lowered = {key.lower(): value for key, value in parameters.items() if key.upper() != "TEST"}
+    expected = resolve_settings(profile, **lowered, strategy=strategy).to_dict()
     stored = metrics.get("settings", {})
     changed = sorted(key for key in set(SAME_RUN_KEYS) | set(lowered) if stored.get(key) != expected.get(key))
-    if changed:
-        return f"设置不同（{'、'.join(changed)}）"
-    wanted = expected.get("weights")
-    if strategy != "scratch" and wanted is not None and metrics.get("weights") is None \
-            and _weights_on_this_machine(expected.get("arch", "resnet18"), wanted):
-        return "上次没有用上预训练权重，现在本机有了"
-    return None
+    return f"设置不同（{'、'.join(changed)}）" if changed else None
 
 
-def _weights_on_this_machine(arch: str, weights) -> bool:
-    """预训练权重现在是否就在本机：本地权重文件存在，或 torchvision 权重已在 torch hub 缓存里。"""
-    if Path(str(weights)).expanduser().is_file():
-        return True
-    try:
-        return weights_cache_path(arch, weights).is_file()
-    except (KeyError, ValueError):  # 既不是存在的文件，也不是这个模型的 torchvision 权重名
-        return False
-
-
-def _finished_run_matches(profile: str, strategy: str, parameters: dict) -> bool:
-    """已有的训练结果能否直接复用（见 ``_reuse_blocker``）。"""
-    return _reuse_blocker(profile, strategy, parameters) is None
-
-
-def run_strategies(profile: str, strategies=STRATEGIES, parameters: dict | None = None,
-                   force: bool = False, notebook=None) -> "pd.DataFrame":
-    """在完全相同的条件下，用 papermill 为每种策略各执行一次训练笔记本 04，返回对比表。
+def run_strategies(profile: str, strategies=STRATEGIES, parameters: dict | None = None, force: bool = False,
+                   notebook=None, device="cpu"):
+    """在完全相同的条件下为每种策略各执行一次训练笔记本 04，按验证集选定策略，再统一评测试集，返回对比表。
 
     参数：
-        parameters：传给 04 的其余参数（如 ``{"EPOCHS": 3, "WEIGHTS": "路径"}``），值为 None 的项用档位默认值。
-        force：True 时一律重新训练；否则已有结果能复用（见 ``_reuse_blocker``）时直接复用。
-        notebook：训练笔记本路径（默认 notebooks/04_train.ipynb；测试时换成小笔记本）。
+        parameters：传给 04 的其余参数（如 ``{"EPOCHS": 3}``），值为 None 的项用档位默认值。
+        force：True 时一律重新训练；否则设置完全相同的已有结果直接复用。
+        notebook：训练笔记本（默认 notebooks/04_train.ipynb；测试时换成小笔记本）。
     返回：
-        ``strategy_comparison`` 的表，多一列“来源”（复用已有结果 / 本次训练）。
+        对比表（每行一种策略），多两列：“来源”（复用 / 本次训练）和“选中”（验证准确率最高的那种）。
     """
     parameters = {k: v for k, v in (parameters or {}).items()
                   if v is not None and k.upper() not in ("PROFILE", "STRATEGY")}
+    parameters = {**parameters, **COMPARISON_PARAMETERS}
     sources = {}
     bar = progress_bar(list(strategies), desc="三种策略", unit="个")
     for strategy in bar:
-        bar.set_postfix_str(strategy)  # 进度条上显示正在处理哪种策略
+        bar.set_postfix_str(strategy)
         blocker = "指定了重新训练（FORCE）" if force else _reuse_blocker(profile, strategy, parameters)
-        if blocker is None:
-            sources[strategy] = "复用已有结果"
-            continue
-        _run_training_notebook(profile, strategy, parameters, notebook)
-        sources[strategy] = f"本次训练：{blocker}"
+        if blocker is not None:
+            _run_training_notebook(profile, strategy, parameters, notebook)
+        sources[strategy] = "复用已有结果" if blocker is None else f"本次训练：{blocker}"
+    chosen = _choose(profile, strategies)
+    _test_after_choice(profile, strategies, device)
     table = strategy_comparison(profile, strategies)
     table.insert(0, "来源", [sources[s] for s in strategies])
+    table.insert(1, "选中", ["✔（验证准确率最高）" if s == chosen else "" for s in strategies])
     return table
+
+
+def _choose(profile: str, strategies) -> str:
+    """只看验证集：最佳验证准确率最高的策略（并列时取课程里靠前的），写进 ``metrics/choice.json``。"""
+    metrics = _all_metrics(profile, strategies)
+    chosen = max(strategies, key=lambda s: (metrics[s]["best_val_acc"], -list(strategies).index(s)))
+    record = {"strategy": chosen, "best_val_acc": metrics[chosen]["best_val_acc"], "strategies": list(strategies),
+              "rule": "验证集准确率最高（测试集在选定之后才评）"}
+    write_metrics(paths.output_dir(profile, "metrics") / CHOICE_FILE, record)
+    return chosen
+
+
+def _test_after_choice(profile: str, strategies, device) -> None:
+    """策略选定之后，才在测试集上把每种策略的最佳检查点各评一次，成绩写回它的指标 JSON。"""
+    for strategy in strategies:
+        path = metrics_path(profile, strategy)
+        metrics = read_metrics(path)
+        test = checkpoint_test_accuracy(checkpoint_path(profile, strategy), device)
+        write_metrics(path, {**metrics, "test_acc": test["acc"], "test_loss": test["loss"]})
+
+
+def checkpoint_test_accuracy(path, device, profile: str | None = None) -> dict:
+    """加载检查点，在它那个档位的测试集上评一次：``{"loss", "acc"}``。"""
+    import torch.nn.functional as F
+
+    from .train import evaluate
+
+    model, meta = load_checkpoint(path, device=device)
+    data = checkpoint_data(resolve_settings(profile or meta["profile"]), meta)
+    logits, labels = evaluate(model, data.test_loader, device)
+    return {"loss": F.cross_entropy(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
+
+
+def checkpoint_data(settings, meta: dict):
+    """按检查点记下的尺寸和归一化参数准备数据（05、07、10–12 用），并确认类别与训练时一致。"""
+    from .data import DatasetError, course_data
+
+    data = course_data(settings.replace(image_size=meta["image_size"], resize_size=meta["resize_size"]),
+                       mean=meta["mean"], std=meta["std"])
+    if data.class_names != list(meta["class_names"]):
+        raise DatasetError(
+            f"数据集的类别与检查点不一致：检查点有 {len(meta['class_names'])} 类，数据集有 {len(data.class_names)} 类。"
+            "检查 PROFILE 是否与训练时相同，或用当前档位重新运行 04_train.ipynb。")
+    return data
+
+
+# ---------------------------------------------------------------- 选中的策略（05、07、10–12 用）
+
+
+def strategy_checkpoint(profile: str, strategy: str | None = None, run_missing: bool | None = None,
+                        notebook=None) -> Path:
+    """某个策略的最佳检查点；strategy 为 None 时用 06 按验证集选中的策略。打印一句用的是哪个、为什么。
+
+    还没有结果时：demo / smoke 档位当场补上（strategy 为 None 时跑一遍 06 的对比，否则用 papermill 运行一次 04）；
+    full / quick 档位训练较久，strategy 为 None 时在已经训练过的策略里按验证准确率挑，一个都没有就报错。
+    """
+    run_missing = profile in ("demo", "smoke") if run_missing is None else run_missing
+    choice_file = paths.output_dir(profile, "metrics") / CHOICE_FILE
+    if strategy is None:
+        if not choice_file.exists() and run_missing:
+            print(f"还没有做过三种策略的对比：现在按 06 的做法训练三种策略（{profile} 档位）……")
+            run_strategies(profile, notebook=notebook)
+        if choice_file.exists():
+            strategy = read_metrics(choice_file)["strategy"]
+            print(f"使用 06 按验证集选中的策略：{strategy_label(strategy)}。")
+        else:
+            trained = {s: m for s in STRATEGIES if (m := _load_metrics(profile, s))}
+            if not trained:
+                raise CheckpointNotFound(_missing(profile, "freeze"))
+            strategy = max(trained, key=lambda s: trained[s]["best_val_acc"])
+            print(f"还没有运行 06：在已经训练过的 {'、'.join(trained)} 里按验证准确率选了 {strategy_label(strategy)}。")
+    path = Path(checkpoint_path(profile, strategy))
+    if not path.exists():
+        if not run_missing:
+            raise CheckpointNotFound(_missing(profile, strategy))
+        print(f"还没有 {strategy} 策略的检查点：现在用 papermill 运行 04_train.ipynb（{profile} 档位）来训练一个……")
+        _run_training_notebook(profile, strategy, {}, notebook)
+    return path
+
+
+def _missing(profile: str, strategy: str) -> str:
+    return (f"还没有 {profile} 档位、{strategy} 策略的检查点。先运行 04_train.ipynb（PROFILE = {profile!r}、"
+            f"STRATEGY = {strategy!r}）或 06_compare.ipynb，例如\n"
+            f"  python -m course_utils run --profile {profile} --only 04 -p STRATEGY={strategy}")
 
 
 # ---------------------------------------------------------------- 对比表与说明
@@ -193,122 +212,49 @@ def _all_metrics(profile: str, strategies) -> dict:
     found = {s: _load_metrics(profile, s) for s in strategies}
     missing = [s for s, m in found.items() if m is None]
     if missing:
-        raise FileNotFoundError(
-            f"{profile} 档位还没有这些策略的训练结果：{'、'.join(missing)}。"
-            "先运行 06_compare.ipynb 的训练单元格（cu.run_strategies），或分别运行 04_train.ipynb。"
-        )
+        raise FileNotFoundError(f"{profile} 档位还没有这些策略的训练结果：{'、'.join(missing)}。"
+                                "先运行 06_compare.ipynb 的训练单元格（cu.run_strategies），或分别运行 04_train.ipynb。")
     return found
 
 
-def _epoch_seconds(metrics: dict) -> tuple[float | None, float | None]:
-    """(每轮训练用时, 提取特征缓存的用时)，单位秒。
-
-    缓存特征时，04 把提取特征的时间算进了第 1 轮。指标里有 ``cache_seconds`` 就直接用；
-    否则用第 1 轮减去其余各轮的平均值来估计。只训练了 1 轮时分不开，缓存用时记为 None，
-    每轮用时包含缓存。
-    """
-    seconds = [h["seconds"] for h in metrics.get("history") or [] if h.get("seconds") is not None]
-    if not seconds:
-        return metrics.get("seconds_per_epoch"), None
-    if not metrics.get("feature_cache"):
-        return statistics.fmean(seconds), None
-    if metrics.get("cache_seconds") is not None:
-        cache = float(metrics["cache_seconds"])
-        return (sum(seconds) - cache) / len(seconds), cache
-    if len(seconds) < 2:
-        return seconds[0], None
-    per_epoch = statistics.fmean(seconds[1:])
-    return per_epoch, max(0.0, seconds[0] - per_epoch)
-
-
-def strategy_comparison(profile: str, strategies=STRATEGIES) -> "pd.DataFrame":
-    """读取各策略的指标 JSON，整理成一张对比表（每行一种策略）。
-
-    “每轮用时”不含提取特征缓存的时间，后者单独成列（只有 freeze 缓存特征时才有）。
-    """
+def strategy_comparison(profile: str, strategies=STRATEGIES):
+    """读取各策略的指标 JSON，整理成一张对比表（每行一种策略）：效果、代价、学习率和起点。"""
     import pandas as pd
 
     rows = []
     for strategy, m in _all_metrics(profile, strategies).items():
-        per_epoch, cache = _epoch_seconds(m)
+        settings = m.get("settings", {})
+        lr, scale = settings.get("lr"), settings.get("backbone_lr_scale", 1.0)
+        backbone = "不训练" if strategy == "freeze" else f"{lr * (scale if strategy == 'finetune' else 1.0):g}"
         rows.append({
-            "策略": strategy_label(strategy),
-            "测试集准确率": m.get("test_acc"),
-            "最佳验证准确率": m.get("best_val_acc"),
-            "最佳轮次": m.get("best_epoch"),
-            "轮数": m.get("epochs"),
-            "可训练参数": m.get("trainable_params"),
-            "总参数": m.get("total_params"),
-            "每轮用时（秒）": per_epoch,
-            "特征缓存用时（秒）": cache,
-            "总用时（秒）": m.get("seconds_total"),
-            "初始权重": m.get("weights") or "随机初始化",
-            "特征缓存": "是" if m.get("feature_cache") else "否",
-            "设备": m.get("device"),
+            "策略": strategy_label(strategy), "最佳验证准确率": m.get("best_val_acc"), "测试集准确率": m.get("test_acc"),
+            "最佳轮次": m.get("best_epoch"), "轮数": m.get("epochs"), "可训练参数": m.get("trainable_params"),
+            "分类头学习率": f"{lr:g}", "主干学习率": backbone,
+            "每轮用时（秒）": m.get("seconds_per_epoch"), "总用时（秒）": m.get("seconds_total"),
+            "初始权重": m.get("weights") or "随机初始化", "特征缓存": "是" if m.get("feature_cache") else "否",
         })
     return pd.DataFrame(rows).set_index("策略")
 
 
 def comparison_caveats(profile: str, strategies=STRATEGIES) -> Notes:
-    """读对比表之前要知道的事：数据是不是 fruit30、有没有真的用上预训练权重、freeze 是否缓存了特征。"""
+    """读对比表之前要知道的事：数据是不是 fruit30、有没有真的用上预训练权重、训练条件哪里不同。"""
     metrics = _all_metrics(profile, strategies)
     notes = Notes()
     if profile in ("demo", "smoke"):
-        notes.append(f"这次用的是课程生成的 {profile} 数据集，不是 fruit30：数字只用来演示流程，不代表真实效果。")
-    notes += _random_weights_notes(metrics)
-    notes += _feature_cache_notes(metrics)
+        notes.append(f"这次用的是课程生成的 {profile} 数据集，不是 fruit30：图片比真实照片简单，准确率会偏高。")
+    randomly, effects = random_start(metrics)
+    if randomly:
+        by_design = all(metrics[s].get("settings", {}).get("weights") is None for s in randomly)
+        why = "按设置没有用" if by_design else "这次没有用上"
+        remedy = ("想看迁移学习的作用，换用 demo、quick 或 full 档位。" if by_design else
+                  "拿到权重后（联网，或在 parameters 单元格里写 WEIGHTS = \"权重文件路径\"）设 FORCE = True 重新运行。")
+        notes.append(f"{'、'.join(randomly)} {why}预训练权重（随机初始化）：{effects}。"
+                     f"所以它们和 scratch 的差别不能说明迁移学习的作用。{remedy}")
     for strategy, m in metrics.items():
-        if m.get("weights") and m.get("weights_note"):  # 用上了预训练权重：说明来源
-            notes.append(f"{strategy}：{m['weights_note']}")
-    return notes
-
-
-# 需要预训练权重的策略从随机初始化开始时，这意味着什么（06 的说明和讲义的提示框共用）
-RANDOM_START_EFFECTS = {
-    "freeze": "freeze 只是在一个随机的、冻结的主干网络上训练分类头，几乎学不到东西",
-    "finetune": "finetune 等同于从头训练（只是主干网络的学习率更小）",
-}
-
-
-def random_start(metrics: dict) -> tuple[list[str], str]:
-    """{策略: 指标} 里需要预训练权重、却从随机初始化开始的策略（按课程里的顺序），以及对它们意味着什么的一句话。"""
-    order = {strategy: i for i, strategy in enumerate(STRATEGIES)}
-    strategies = sorted((s for s, m in metrics.items() if s != "scratch" and not m.get("weights")),
-                        key=lambda s: (order.get(s, len(order)), s))
-    return strategies, "；".join(RANDOM_START_EFFECTS[s] for s in strategies if s in RANDOM_START_EFFECTS)
-
-
-def _random_weights_notes(metrics: dict) -> list[str]:
-    """需要预训练权重的策略却是随机初始化时，说明这对每种策略意味着什么、怎样补救。"""
-    strategies, details = random_start(metrics)
-    if not strategies:
-        return []
-    by_design = all(metrics[s].get("settings", {}).get("weights", "") is None for s in strategies)
-    if by_design:  # 设置里就写着不用权重（例如 smoke 档位）
-        remedy = "想看迁移学习的作用，换用 demo、quick 或 full 档位。"
-    else:
-        remedy = ("拿到权重后（联网，或在 parameters 单元格里写 WEIGHTS = \"权重文件路径\"）重新运行本笔记本："
-                  "权重已经在本机时，没用上权重的旧结果不会被复用；联网下载的话设 FORCE = True。")
-    why = "按设置没有用" if by_design else "这次没有用上"
-    return [
-        f"{'、'.join(strategies)} {why} ImageNet 预训练权重（随机初始化）" + (f"：{details}" if details else "")
-        + f"。所以它们和 scratch 的差别不能说明迁移学习的作用。{remedy}"
-    ]
-
-
-def _feature_cache_notes(metrics: dict) -> list[str]:
-    """缓存特征的策略与其他策略的训练条件并不完全相同：说清差别在哪里。"""
-    notes = []
-    for strategy, m in metrics.items():
-        if not m.get("feature_cache"):
-            continue
-        _, cache = _epoch_seconds(m)
-        when = f"约 {cache:.1f} 秒，表中单独列出" if cache is not None else "只训练了 1 轮，算在这一轮的用时里"
-        notes.append(
-            f"{strategy} 缓存了主干网络的特征：每张训练图只在第 1 轮前经过主干一次（{when}），"
-            "之后每轮只训练分类头，而且训练时没有数据增广；其他策略每轮都经过整个网络并做数据增广。"
-            "所以每轮用时的差别有一部分来自缓存，准确率的差别有一部分来自有没有数据增广。"
-        )
+        if m.get("feature_cache"):
+            notes.append(f"{strategy} 缓存了主干特征：训练时没有数据增广，和其他策略的条件不同（06 注入的参数本来不缓存）。")
+    used = {m.get("weights_note") for m in metrics.values() if m.get("weights")}
+    notes += sorted(used)
     return notes
 
 
@@ -332,7 +278,118 @@ def plot_strategy_curves(profile: str, strategies=STRATEGIES):
     loss_ax.set(title="损失（实线：验证集，虚线：训练集）", xlabel="轮（epoch）", ylabel="交叉熵损失")
     for ax in (acc_ax, loss_ax):
         ax.legend()
-        if len(all_epochs) <= 25:  # 轮数不多时每一轮都标出来（轮数只有整数）
+        if len(all_epochs) <= 25:
             ax.set_xticks(sorted(all_epochs))
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- 数据量曲线：每类只有几张训练图时
+
+
+MIN_STEPS = 16  # 训练集很小时也至少走这么多步（否则每类 2 张图、4 轮只有 4 步，什么都学不到）
+
+
+def data_efficiency(settings, device, sizes=(2, 5, 10, 20), strategies=STRATEGIES):
+    """每类只留 sizes 张训练图（验证集、测试集不变），三种策略各训练一次，记下测试准确率；最后一列“全部”用全部训练图。
+
+    每次训练的步数固定：轮数取档位的轮数，但不少于 ``MIN_STEPS`` 步；报告最后一轮模型的测试准确率（不按验证集挑轮次，
+    每个点的做法完全相同）。freeze 缓存特征（所以很便宜，也没有数据增广）；“全部”一列的 finetune、scratch 直接评
+    06 刚训练的 ``<策略>_last.pt``（同样是最后一轮）。结果存在 ``metrics/data_efficiency.json``，设置相同就复用。
+    返回：
+        长表：策略、每类训练图、训练图片数、测试准确率、用时（秒）。
+    """
+    import pandas as pd
+
+    cache = paths.output_dir(settings.profile, "metrics") / "data_efficiency.json"
+    key = {"settings": settings.to_dict(), "sizes": list(sizes), "strategies": list(strategies), "min_steps": MIN_STEPS}
+    if cache.exists():
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            print(f"设置与上次相同：复用 {paths.display_path(cache)}。")
+            return pd.DataFrame(stored["rows"])
+    rows = []
+    runs = [(s, n) for s in strategies for n in (*sizes, None)]
+    for strategy, per_class in progress_bar(runs, desc="数据量曲线", unit="次"):
+        rows.append(_efficiency_point(settings, strategy, per_class, device))
+    write_metrics(cache, {"key": key, "rows": rows})
+    return pd.DataFrame(rows)
+
+
+def _efficiency_point(settings, strategy: str, per_class: int | None, device) -> dict:
+    """数据量曲线上的一个点：训练一次（或评 06 的最后一轮检查点），返回一行结果。"""
+    import torch.nn.functional as F
+
+    from .data import course_data
+    from .train import evaluate, fit
+
+    began = time.perf_counter()
+    last = Path(checkpoint_path(settings.profile, strategy, kind="last"))
+    if per_class is None and strategy != "freeze" and last.exists():
+        model, meta = load_checkpoint(last, device=device)
+        data = checkpoint_data(settings, meta)
+    else:
+        model, head, info = build_model(settings.arch, len(_classes(settings)), strategy, settings.weights,
+                                        required=settings.weights_required)
+        data = course_data(settings, mean=info["mean"], std=info["std"], train_per_class=per_class)
+        steps = math.ceil(len(data.train_ds) / settings.batch_size)
+        epochs = max(settings.epochs, math.ceil(MIN_STEPS / steps))
+        optimizer = make_optimizer(model, head, strategy, settings.lr, settings.backbone_lr_scale)
+        with _quiet():
+            fit(model, head, data.train_loader, data.val_loader, optimizer, epochs=epochs, device=device,
+                max_batches=settings.max_batches, feature_cache=strategy == "freeze")
+    logits, labels = evaluate(model, data.test_loader, device)
+    return {"策略": strategy, "每类训练图": "全部" if per_class is None else per_class, "训练图片数": len(data.train_ds),
+            "类别数": len(data.class_names),
+            "测试准确率": (logits.argmax(1) == labels).float().mean().item(), "测试损失": F.cross_entropy(logits, labels).item(),
+            "用时（秒）": round(time.perf_counter() - began, 1)}
+
+
+def _classes(settings) -> list[str]:
+    from .data import dataset_classes
+
+    return dataset_classes(settings.dataset)
+
+
+class _quiet:
+    """训练几十次时不打印每一次的“已加载权重”和进度条（外面有一个总进度条）。"""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        import os
+
+        self._env = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"
+        self._out = contextlib.redirect_stdout(io.StringIO())
+        self._out.__enter__()
+
+    def __exit__(self, *exc):
+        import os
+
+        self._out.__exit__(*exc)
+        if self._env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = self._env
+
+
+def plot_data_efficiency(table):
+    """横轴是每类训练图片数（对数刻度），纵轴是测试准确率，每种策略一条线：图片越少，预训练越值钱。"""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    table = table.assign(每类平均=table["训练图片数"] / table["类别数"])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for strategy, group in table.groupby("策略", sort=False):
+        ax.plot(group["每类平均"], group["测试准确率"], marker="o", label=strategy_label(strategy))
+    ticks = sorted(set(table["每类平均"].round().astype(int)))
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set(xlabel="每类训练图片数（对数刻度；最右边是全部训练图）", ylabel="测试集准确率", ylim=(0, 1.02),
+           title="训练图片越少，预训练越值钱")
+    ax.legend()
     fig.tight_layout()
     return fig

@@ -1,9 +1,9 @@
 """四种运行档位（profile）：同一套笔记本，按机器和用途换一组默认值。
 
-- full：完整 fruit30，224 像素，20 轮，必须有 ImageNet 权重（GPU 上的正式课程）；
-- quick：fruit30 每类取固定的 60 张、224 像素、4 轮，必须有 ImageNet 权重（CPU 课堂：2 核 CPU 上整个课程约 15 分钟，
-  见 benchmarks/ 的 ``--course``）；
-- demo：课程自带的生成水果数据集，无需下载（离线首次运行，``make run``）；
+- full：完整 fruit30，ResNet-18，224 像素，20 轮，必须有 torchvision 的 ImageNet 权重（GPU 上的正式课程）；
+- quick：fruit30 每类取固定的 60 张、ResNet-18、224 像素、4 轮，必须有 ImageNet 权重（CPU 课堂：2 核 CPU 上整个课程
+  约 15 分钟，见 benchmarks/ 的 ``--course``）；
+- demo：课程自带的生成水果数据集，无需下载；EfficientNet-Lite0，ImageNet 权重随 pip 包一起装好（离线首次运行，``make run``）；
 - smoke：极小的生成数据集、1 轮、只跑几个批次、不用预训练权重（测试与 CI）。
 
 档位只改变默认值；笔记本 ``parameters`` 单元格里显式给出的值（或 papermill 注入的值）优先。
@@ -15,7 +15,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-__all__ = ["PROFILES", "Settings", "resolve_profile", "resolve_settings", "ProfileError"]
+__all__ = ["resolve_settings", "STRATEGIES"]
 
 PROFILE_ENV_VAR = "COURSE_PROFILE"
 DATASET_ENV_VAR = "COURSE_DATASET"  # 设了它，所有笔记本都改用这个数据集（名字或目录路径）
@@ -32,12 +32,14 @@ class Settings:
 
     profile: str
     dataset: str  # "fruit30" | "demo" | "smoke"：数据集注册表里的名字
+    arch: str  # "resnet18" | "efficientnet_lite0"：网络结构（见 models.ARCHS）
     image_size: int  # 送进网络的边长（像素）
     resize_size: int  # 测试时先缩放到这个边长，再中心裁剪到 image_size
     epochs: int  # 训练轮数
     batch_size: int
-    lr: float  # 分类头的学习率
-    weights: str | None  # torchvision 权重名（如 "IMAGENET1K_V1"）或本地文件路径；None 表示随机初始化
+    lr: float  # 分类头的学习率（finetune 的主干用它的 backbone_lr_scale 倍）
+    backbone_lr_scale: float  # finetune 时主干学习率是分类头的几倍
+    weights: str | None  # "imagenet"（这个结构的 ImageNet 权重）、权重名、本地文件路径；None 表示随机初始化
     weights_required: bool  # True：拿不到预训练权重就停下报错；False：退回随机初始化并醒目提示
     per_class_limit: int | None  # 每类最多取多少张训练图（quick 档用固定子集）；None 表示全部
     max_batches: int | None  # 每轮最多训练多少个批次（smoke 档用来封顶）；None 表示不限
@@ -90,7 +92,9 @@ FIELD_HELP = {
     "resize_size": "评估时先缩放到的边长",
     "epochs": "训练轮数",
     "batch_size": "批量大小",
-    "lr": "学习率",
+    "arch": "网络结构：resnet18（torchvision）或 efficientnet_lite0（timm）",
+    "lr": "分类头的学习率（freeze、scratch 的全部层也用它）",
+    "backbone_lr_scale": "finetune 时主干的学习率是分类头的几倍",
     "weights": "请求的预训练权重（是否真正加载，看构建模型时的输出）",
     "weights_required": "拿不到权重时是否停止",
     "per_class_limit": "每类训练图片上限",
@@ -100,8 +104,8 @@ FIELD_HELP = {
     "seed": "随机种子",
     # 笔记本自己的参数（进入 settings.extra）
     "strategy": "迁移策略：freeze 只训练分类头 / finetune 微调全部层 / scratch 从头训练",
-    "arch": "网络结构（torchvision 模型名）",
     "feature_cache": "是否缓存主干特征（只用于 freeze；换来速度，失去数据增广）",
+    "test": "训练完是否在测试集上评一次（06 对比时先按验证集选定策略，再统一评测试集）",
     "num_classes": "类别数（只影响分类头的大小）",
     "dataset_url": "数据集下载地址（None 为注册表里的地址）",
     "archive": "本地压缩包路径（None 为不用）",
@@ -112,27 +116,30 @@ FIELD_HELP = {
     "perplexity": "t-SNE 的困惑度（None 为按图片数自动选择）",
 }
 
-IMAGENET = "IMAGENET1K_V1"
+IMAGENET = "imagenet"  # 这个结构的 ImageNet 权重：ResNet-18 是 torchvision 的 IMAGENET1K_V1，Lite0 是 pip 包里的那份
+STRATEGIES = ("freeze", "finetune", "scratch")
+STRATEGY_NAMES = {"freeze": "冻结主干，只训练分类头", "finetune": "微调全部层", "scratch": "从头训练"}
+ARCHS = ("resnet18", "efficientnet_lite0")
 
 PROFILES: dict[str, Settings] = {
     "full": Settings(
-        profile="full", dataset="fruit30", image_size=224, resize_size=256, epochs=20,
-        batch_size=32, lr=1e-3, weights=IMAGENET, weights_required=True, per_class_limit=None,
+        profile="full", dataset="fruit30", arch="resnet18", image_size=224, resize_size=256, epochs=20,
+        batch_size=32, lr=1e-3, backbone_lr_scale=0.1, weights=IMAGENET, weights_required=True, per_class_limit=None,
         max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
     ),
     "quick": Settings(
-        profile="quick", dataset="fruit30", image_size=224, resize_size=256, epochs=4,
-        batch_size=32, lr=1e-3, weights=IMAGENET, weights_required=True, per_class_limit=60,
+        profile="quick", dataset="fruit30", arch="resnet18", image_size=224, resize_size=256, epochs=4,
+        batch_size=32, lr=1e-3, backbone_lr_scale=0.1, weights=IMAGENET, weights_required=True, per_class_limit=60,
         max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
     ),
     "demo": Settings(
-        profile="demo", dataset="demo", image_size=112, resize_size=128, epochs=4,
-        batch_size=32, lr=1e-3, weights=IMAGENET, weights_required=False, per_class_limit=None,
+        profile="demo", dataset="demo", arch="efficientnet_lite0", image_size=112, resize_size=128, epochs=4,
+        batch_size=32, lr=1e-3, backbone_lr_scale=0.1, weights=IMAGENET, weights_required=False, per_class_limit=None,
         max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
     ),
     "smoke": Settings(
-        profile="smoke", dataset="smoke", image_size=32, resize_size=36, epochs=1,
-        batch_size=8, lr=1e-3, weights=None, weights_required=False, per_class_limit=None,
+        profile="smoke", dataset="smoke", arch="efficientnet_lite0", image_size=32, resize_size=36, epochs=1,
+        batch_size=8, lr=1e-3, backbone_lr_scale=0.1, weights=None, weights_required=False, per_class_limit=None,
         max_batches=2, val_fraction=0.25, num_workers=0, seed=42,
     ),
 }
@@ -174,10 +181,34 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
             changes[key] = _coerce(key, value, getattr(base, key))
     if "dataset" not in changes and os.environ.get(DATASET_ENV_VAR, "").strip():
         changes["dataset"] = _dataset_from_env(os.environ[DATASET_ENV_VAR].strip())
+    if "arch" in changes and changes["arch"] not in ARCHS:
+        raise ProfileError(f"课程支持的网络结构是 {' / '.join(ARCHS)}，收到的是 {changes['arch']!r}。检查 ARCH。")
+    if "strategy" in extra:  # 训练用的笔记本（04）：检查策略名，补上是否缓存特征
+        extra["strategy"] = check_strategy(extra["strategy"] or "freeze")
+        extra["feature_cache"] = _feature_cache(extra.get("feature_cache"), extra["strategy"], base.profile)
     if "image_size" in changes and "resize_size" not in changes:
         # 只改了输入边长时，评估用的缩放边长按档位原来的比例跟着变（例如 224 -> 256）
         changes["resize_size"] = round(changes["image_size"] * base.resize_size / base.image_size)
     return base.replace(**changes, extra=extra)
+
+
+def check_strategy(strategy: str) -> str:
+    """检查策略名（不分大小写），返回规范写法 "freeze" / "finetune" / "scratch"；写错时用中文列出可选项。"""
+    name = str(strategy).strip().lower()
+    if name not in STRATEGIES:
+        choices = "；".join(f"{key}（{text}）" for key, text in STRATEGY_NAMES.items())
+        raise ProfileError(f"未知的迁移策略 {strategy!r}。可选：{choices}。")
+    return name
+
+
+def _feature_cache(value, strategy: str, profile: str) -> bool:
+    """没有指定时：freeze 在 quick / demo / smoke 档位缓存特征（CPU 上快很多），full 保留数据增广，不缓存。"""
+    if value is None:
+        return strategy == "freeze" and profile != "full"
+    value = _coerce("feature_cache", value, False)
+    if value and strategy != "freeze":
+        raise ProfileError(f"特征缓存只适用于 freeze 策略，当前策略是 {strategy}。把 FEATURE_CACHE 设为 None 或 False。")
+    return bool(value)
 
 
 def _dataset_from_env(value: str) -> str:

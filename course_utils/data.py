@@ -2,41 +2,37 @@
 
 - 注册表 ``DATASETS``：fruit30 的下载地址（含镜像）、大小、类名；两个课程现场生成的数据集 demo 和 smoke；
 - ``prepare_dataset(settings)``：按档位准备好数据，返回含 ``train/<类名>/`` 与 ``val/<类名>/`` 的根目录；
-- ``make_datasets`` / ``make_loaders``：训练集、验证集（从 train/ 分层划出）、测试集（val/ 目录）及其 DataLoader；
-- ``directory_tree``、``class_counts``、``image_table``、``sample_images``：浏览数据集；
-- ``save_class_maps``：另存一份类别与序号的对应关系（检查点里自带类名；这份供外部程序或原教程的代码使用）。
+- ``build_transforms``、``make_datasets``、``make_loaders``：笔记本 03 一行行写出来的预处理、ImageFolder 与
+  DataLoader，这里是同一份代码（``tests/test_notebook_code.py`` 保证两边一字不差）；
+- ``course_data(settings)``：04 以后的笔记本用它一步拿到 03 的全部结果。
 
-数据健康检查在 ``health.py``，下载与解压在 ``download.py``，演示数据集的画法在 ``demo.py``，
-课程版 ImageFolder 在 ``imagefolder.py``；它们的公开函数各自在本模块的 ``__all__`` 里声明，
-笔记本里一律写 ``cu.函数名``。
+下载与解压在 ``download.py``，演示数据集的画法在 ``demo.py``，图片文件的规则在 ``files.py``，健康检查在 ``health.py``。
 """
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
 
 from .demo import generate_demo_dataset
-from .download import DownloadError, UnsafeArchiveError, download_first, extract_zip, is_junk_name
-from .paths import data_dir, display_path, output_dir
+from .download import DownloadError, UnsafeArchiveError, download_first, extract_zip
+from .files import SPLITS, is_junk_name, list_classes, list_image_files
+from .paths import data_dir, display_path
 
 __all__ = [
-    "DATASETS", "DatasetSource", "GeneratedDataset", "DatasetUnavailable", "DatasetError",
-    "prepare_dataset", "dataset_status", "dataset_sources", "dataset_classes", "image_folder", "load_rgb_image", "open_rgb_image",
-    "make_datasets", "DataSplits", "make_loaders", "Loaders", "safe_num_workers",
-    "save_class_maps", "load_class_names", "directory_tree", "class_counts", "image_table",
-    "sample_images", "list_image_files", "dataset_info", "time_loader", "sample_paths", "image_extensions",
-    "has_image_extension",
+    "prepare_dataset", "dataset_classes", "sample_images", "build_transforms", "make_datasets", "make_loaders",
+    "safe_num_workers", "course_data", "denormalize",
 ]
-
-SPLITS = ("train", "val")
 
 
 class DatasetUnavailable(RuntimeError):
@@ -238,15 +234,15 @@ def _looks_complete(root: Path) -> bool:
     return all((root / split).is_dir() for split in SPLITS)
 
 
-def list_classes(folder: Path) -> list[str]:
-    """folder 下的类别子目录名（跳过隐藏和垃圾目录），按名字排序。"""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_junk_name(p.name))
-
-
 def _check_layout(root: Path, expected) -> Path:
     """train/ 和 val/ 都在，类别相同；expected 给出时还要与注册表的类名一致。"""
     if not _looks_complete(root):
         raise DatasetError(f"{display_path(root)} 里应有 train/ 和 val/ 两个子目录（fruit30 的结构）。")
+    hidden = [f"{split}/{p.name}" for split in SPLITS for p in (root / split).iterdir() if p.is_dir() and is_junk_name(p.name)]
+    if hidden:
+        raise DatasetError(
+            f"{display_path(root)} 里有隐藏目录 {'、'.join(hidden)}：ImageFolder 会把它当成一个类别。删掉它再重新运行。"
+        )
     train, val = list_classes(root / "train"), list_classes(root / "val")
     _require_same_classes(train, val, root)
     if expected is not None and set(train) != set(expected):
@@ -284,36 +280,6 @@ def _unavailable_message(source: DatasetSource, attempts: list[str]) -> str:
     )
 
 
-def dataset_info(name: str):
-    """注册表里一个数据集的说明卡片（表格）：来源、大小、类别、图片数、怎样校验、存放位置。"""
-    import pandas as pd
-
-    if name not in DATASETS and Path(str(name)).expanduser().is_dir():
-        return pd.DataFrame({"内容": {"说明": "你自己的数据集目录", "存放位置": display_path(Path(str(name)).expanduser())}})
-    source = dataset_sources(name)
-    shown = "、".join(source.classes[:8]) + (f" 等 {len(source.classes)} 类" if len(source.classes) > 8 else "")
-    if isinstance(source, GeneratedDataset):
-        rows = {
-            "说明": source.description,
-            "来源": "课程现场生成（course_utils/demo.py），不需要联网",
-            "类别": shown,
-            "图片数": f"train/ 每类 {source.train_per_class} 张，val/ 每类 {source.test_per_class} 张",
-            "图片边长": f"{source.image_size} 像素",
-            "校验": f"同一个种子（{source.seed}）逐字节相同；目录里的标记文件记录生成参数",
-            "存放位置": display_path(data_dir() / source.folder_name),
-        }
-    else:
-        rows = {
-            "说明": source.description,
-            "来源": "\n".join(source.urls) + f"（另可用环境变量 {source.url_env} 指定镜像）",
-            "大小": f"约 {source.approx_bytes // 1024**2} MB（{source.archive_name}）",
-            "类别": shown,
-            "图片数": f"train/ {source.train_images} 张，val/ 约 {source.test_images} 张",
-            "校验": f"SHA-256 {source.sha256}" if source.sha256 else "没有公开的校验和：检查下载是否完整、zip 的 CRC、目录结构与类名",
-            "存放位置": display_path(data_dir() / source.folder_name),
-        }
-    return pd.DataFrame({"内容": rows}).rename_axis(source.name)
-
 
 def dataset_status(settings) -> str:
     """一句话说明当前档位的数据集是否就绪（供环境检查 ``doctor`` 使用），不下载、不生成任何东西。"""
@@ -336,98 +302,6 @@ def dataset_status(settings) -> str:
             f"离线时可把 {source.archive_name} 放到 {display_path(data_dir())}，或改用 demo 档位。")
 
 
-# ---------------------------------------------------------------- 读图片、列文件
-
-
-def image_extensions() -> tuple[str, ...]:
-    """课程当作图片的扩展名：就是 torchvision 的 ImageFolder 认的那些（.jpg、.png、.webp……）。
-
-    在函数里才导入 torchvision：只浏览数据集（笔记本 02）时也不必在导入本模块时就加载 PyTorch。
-    """
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return IMG_EXTENSIONS
-
-
-def has_image_extension(path) -> bool:
-    """文件名是常见的图片扩展名（见 ``image_extensions()``，不区分大小写）。"""
-    return str(path).lower().endswith(image_extensions())
-
-
-def load_rgb_image(path) -> Image.Image:
-    """读一张图片并转成 RGB：按 EXIF 方向摆正，透明部分垫白底，灰度、CMYK、调色板图片都转成三通道。"""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image.alpha_composite(rgba)
-        return image.convert("RGB")
-
-
-def open_rgb_image(image):
-    """接受图片路径或 PIL 图片，按数据集读图的同一套规则（``load_rgb_image``）转成 RGB。"""
-    import io
-
-    if isinstance(image, (str, Path)):
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"找不到图片 {image}。检查路径是否写对（相对路径以笔记本所在目录为起点）。")
-        return load_rgb_image(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")  # 无损地交给同一个读图函数：透明背景、灰度等的处理与测试集完全相同
-    buffer.seek(0)
-    return load_rgb_image(buffer)
-
-
-def list_image_files(root) -> list[tuple[str, str, Path]]:
-    """列出 ``root/<划分>/<类名>/`` 下的全部图片文件：[(划分, 类名, 路径)]，跳过隐藏和垃圾文件。"""
-    root = Path(root)
-    found = []
-    for split in SPLITS:
-        if not (root / split).is_dir():
-            continue
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not is_junk_name(p.name)):
-            for dirpath, dirnames, filenames in os.walk(class_dir):
-                dirnames[:] = sorted(d for d in dirnames if not is_junk_name(d))
-                found += [(split, class_dir.name, Path(dirpath) / f) for f in sorted(filenames)
-                          if not is_junk_name(f) and has_image_extension(f)]
-    return found
-
-
-def class_counts(root):
-    """每类图片数：行是类名，列是 train、val（缺的类记 0）。"""
-    import pandas as pd
-
-    root = Path(root)
-    counts = {split: {} for split in SPLITS}
-    for split in SPLITS:
-        for class_dir in (list_classes(root / split) if (root / split).is_dir() else []):
-            counts[split][class_dir] = 0
-    for split, name, _ in list_image_files(root):
-        counts[split][name] += 1
-    table = pd.DataFrame(counts).fillna(0).astype(int)
-    table.index.name = "类别"
-    return table
-
-
-def image_table(root):
-    """每张图片一行：划分、类别、文件（相对路径）、宽、高、颜色模式、宽高比。只读文件头，很快。"""
-    import pandas as pd
-
-    root = Path(root)
-    rows = []
-    for split, name, path in list_image_files(root):
-        row = {"划分": split, "类别": name, "文件": path.relative_to(root).as_posix()}
-        try:
-            with Image.open(path) as image:
-                row.update(宽=image.width, 高=image.height, 模式=image.mode)
-        except (OSError, SyntaxError, ValueError):
-            row.update(宽=None, 高=None, 模式="无法读取")
-        rows.append(row)
-    table = pd.DataFrame(rows, columns=["划分", "类别", "文件", "宽", "高", "模式"])
-    table[["宽", "高"]] = table[["宽", "高"]].astype("Int64")  # 读不出的图片没有尺寸，其余是整数
-    table["宽高比"] = (table["宽"] / table["高"]).astype("float64").round(3)
-    return table
 
 
 def sample_images(root, split: str = "train", per_class: int = 1, seed: int = 0, classes=None):
@@ -446,162 +320,6 @@ def sample_images(root, split: str = "train", per_class: int = 1, seed: int = 0,
     return picked
 
 
-class DirectoryTree:
-    """目录树的文字（像 ``tree -L 2``）；在笔记本里直接显示，不带引号。"""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def directory_tree(root, max_depth: int = 2, max_entries: int = 6) -> DirectoryTree:
-    """像 ``tree -L 2`` 一样显示目录结构；每层最多列 max_entries 项，其余折叠成一行；不列隐藏文件。"""
-    root = Path(root)
-    lines = [f"{root.name}/"]
-
-    def walk(folder: Path, prefix: str, depth: int) -> None:
-        entries = sorted((p for p in folder.iterdir() if not is_junk_name(p.name)),  # 和 tree 一样不列隐藏文件
-                         key=lambda p: (not p.is_dir(), p.name))
-        shown = entries[:max_entries]
-        for i, entry in enumerate(shown):
-            last = i == len(shown) - 1 and len(entries) <= max_entries
-            branch = "└── " if last else "├── "
-            if entry.is_dir():
-                inner = [p for p in entry.iterdir() if not is_junk_name(p.name)]
-                note = f"  （{len(inner)} 项）" if depth == max_depth else ""
-                lines.append(f"{prefix}{branch}{entry.name}/{note}")
-                if depth < max_depth:
-                    walk(entry, prefix + ("    " if last else "│   "), depth + 1)
-            else:
-                lines.append(f"{prefix}{branch}{entry.name}")
-        if len(entries) > max_entries:
-            lines.append(f"{prefix}└── …… 还有 {len(entries) - max_entries} 项")
-
-    walk(root, "", 1)
-    return DirectoryTree("\n".join(lines))
-
-
-# ---------------------------------------------------------------- 数据集与 DataLoader
-
-
-def image_folder(root, transform=None):
-    """``root/<类名>/<图片>`` 结构的数据集（课程版 ImageFolder：跳过隐藏目录，图片一律转 RGB）。"""
-    from .imagefolder import CourseImageFolder
-
-    return CourseImageFolder(root, transform=transform)
-
-
-@dataclass(repr=False)
-class DataSplits:
-    """训练集、验证集、测试集，以及类名和类别序号。"""
-
-    train_ds: object  # train/ 去掉验证部分，训练预处理（随机增广）
-    val_ds: object  # 从 train/ 分层划出，评估预处理
-    test_ds: object  # 数据集的 val/ 目录，评估预处理；.samples 按顺序列出 (路径, 类别序号)
-    class_names: list[str]
-    class_to_idx: dict[str, int]
-    root: Path | None = None
-    val_fraction: float = 0.0
-
-    def summary(self):
-        """三个划分各有多少张图、来自哪里、用什么预处理、做什么用。"""
-        import pandas as pd
-
-        rows = [
-            ("训练集 train_ds", "train/ 去掉验证部分", len(self.train_ds), "训练预处理（随机增广）", "更新模型参数"),
-            ("验证集 val_ds", f"train/ 中分层抽取 {self.val_fraction:.0%}", len(self.val_ds), "评估预处理",
-             "每轮评估，挑选最好的模型"),
-            ("测试集 test_ds", "val/ 目录", len(self.test_ds), "评估预处理", "最后只评一次，报告成绩"),
-        ]
-        return pd.DataFrame(rows, columns=["划分", "来源", "图片数", "预处理", "用途"]).set_index("划分")
-
-    def counts(self):
-        """每类在三个划分里各有多少张。"""
-        import pandas as pd
-
-        table = {}
-        for label, ds in (("训练", self.train_ds), ("验证", self.val_ds), ("测试", self.test_ds)):
-            series = pd.Series([self.class_names[t] for t in ds.targets]).value_counts()
-            table[label] = series.reindex(self.class_names, fill_value=0)
-        frame = pd.DataFrame(table)
-        frame.index.name = "类别"
-        return frame
-
-    def _repr_html_(self) -> str:
-        return self.summary().to_html()
-
-    def __repr__(self) -> str:
-        return f"DataSplits（{len(self.class_names)} 类）\n{self.summary().to_string()}"
-
-
-def _per_class_subset(targets: list[int], limit: int | None, seed: int) -> list[int]:
-    """每类最多取 limit 张（固定种子随机挑选）；limit 为 None 时取全部。"""
-    import numpy as np
-
-    if limit is None:
-        return list(range(len(targets)))
-    rng = np.random.default_rng(seed)
-    targets_arr = np.asarray(targets)
-    chosen = []
-    for label in np.unique(targets_arr):
-        members = np.flatnonzero(targets_arr == label)
-        chosen += members[rng.permutation(len(members))[:limit]].tolist()
-    return sorted(chosen)
-
-
-def _stratified_split(indices: list[int], targets: list[int], fraction: float, seed: int):
-    """把 indices 分成 (训练, 验证) 两部分，每类按同样比例抽取（sklearn 的分层抽样）。"""
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < fraction < 1:
-        raise DatasetError(f"val_fraction 应在 0 和 1 之间，收到的是 {fraction}。")
-    labels = [targets[i] for i in indices]
-    try:
-        train_idx, val_idx = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError as exc:
-        raise DatasetError(
-            f"无法分层划分验证集（{exc}）。每类至少要有 2 张训练图片，且验证集至少能分到每类一张；"
-            "检查 train/ 里图片很少的类别，或调整 val_fraction。"
-        ) from None
-    return sorted(train_idx), sorted(val_idx)
-
-
-def make_datasets(settings, root) -> DataSplits:
-    """按设置构建训练集、验证集和测试集。
-
-    - 训练集与验证集都来自 ``root/train``：按类别分层、用 settings.seed 固定地划出 settings.val_fraction 作验证集；
-      settings.per_class_limit 不为 None 时（quick 档），先每类固定地取这么多张；
-    - 测试集是 ``root/val`` 目录（全部图片），只在最后评估一次；
-    - 训练集用训练预处理（随机增广），验证集和测试集用评估预处理。
-    """
-    from .imagefolder import SplitSubset
-    from .transforms import build_transforms
-
-    root = Path(root)
-    train_tf, eval_tf = build_transforms(settings.image_size, settings.resize_size)
-    train_folder = image_folder(root / "train", transform=train_tf)
-    test_ds = image_folder(root / "val", transform=eval_tf)
-    _require_same_classes(train_folder.classes, test_ds.classes, root)
-    empty = [name for i, name in enumerate(train_folder.classes) if i not in set(train_folder.targets)]
-    empty += [name for i, name in enumerate(test_ds.classes) if i not in set(test_ds.targets)]
-    if empty:
-        raise DatasetError(f"这些类别没有任何图片：{'、'.join(sorted(set(empty)))}。可以用 cu.check_dataset(root) 查看详情。")
-    chosen = _per_class_subset(train_folder.targets, settings.per_class_limit, settings.seed)
-    train_idx, val_idx = _stratified_split(chosen, train_folder.targets, settings.val_fraction, settings.seed)
-    return DataSplits(
-        train_ds=SplitSubset(train_folder, train_idx),
-        val_ds=SplitSubset(train_folder.with_transform(eval_tf), val_idx),
-        test_ds=test_ds,
-        class_names=list(train_folder.classes),
-        class_to_idx=dict(train_folder.class_to_idx),
-        root=root,
-        val_fraction=settings.val_fraction,
-    )
 
 
 def _cpu_count() -> int:
@@ -624,102 +342,129 @@ def safe_num_workers(max_workers: int = 4) -> int:
     return max(0, min(max_workers, _cpu_count() - 1))
 
 
-@dataclass
-class Loaders:
-    """三个 DataLoader：train（打乱）、val、test（不打乱）。"""
-
-    train: object
-    val: object
-    test: object
-    num_workers: int = 0
-    pin_memory: bool = False
-    info: dict = field(default_factory=dict)
+# ---------------------------------------------------------------- 笔记本 03 写出来的三步（原样保存在这里，供 04 以后复用）
 
 
-def make_loaders(splits: DataSplits, settings, device) -> Loaders:
-    """为三个划分各建一个 DataLoader。
+def build_transforms(image_size, resize_size, mean, std):
+    """训练与评估的预处理，返回 (train_tf, eval_tf)。mean、std 取自预训练权重自己的记录。"""
+    train_tf = v2.Compose([
+        v2.RandomResizedCrop(image_size),  # 随机裁一块（面积 8%–100%）再缩放：同一张图每轮看起来都不一样
+        v2.RandomHorizontalFlip(),  # 一半概率左右翻转：水果翻过来还是同一种水果
+        v2.ToImage(),  # PIL 图片 -> 张量，形状 (通道数, 高, 宽)，取值 0–255
+        v2.ToDtype(torch.float32, scale=True),  # 转成 0–1 之间的小数
+        v2.Normalize(mean, std),  # 按预训练时的均值和标准差归一化
+    ])
+    eval_tf = v2.Compose([
+        v2.Resize(resize_size),  # 短边缩放到 resize_size，保持宽高比
+        v2.CenterCrop(image_size),  # 从中间裁出 image_size 见方：没有任何随机性
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+    return train_tf, eval_tf
 
-    - 批量大小取 settings.batch_size；训练集每轮打乱，顺序由 settings.seed 决定（torch.Generator）；
-    - 进程数取 settings.num_workers，为 None 时用 ``safe_num_workers()``，且不超过 CPU 核数；
-    - 只有在 CUDA 上才锁页内存（pin_memory）；有子进程时让它们常驻（persistent_workers），每轮不必重启。
-    """
-    import torch
-    from torch.utils.data import DataLoader
 
-    workers = settings.num_workers if settings.num_workers is not None else safe_num_workers()
-    workers = max(0, min(int(workers), _cpu_count()))
-    pin = torch.device(device).type == "cuda"
-    common = dict(batch_size=settings.batch_size, num_workers=workers, pin_memory=pin,
-                  persistent_workers=workers > 0)
-    generator = torch.Generator().manual_seed(settings.seed)
-    return Loaders(
-        train=DataLoader(splits.train_ds, shuffle=True, generator=generator, **common),
-        val=DataLoader(splits.val_ds, shuffle=False, **common),
-        test=DataLoader(splits.test_ds, shuffle=False, **common),
-        num_workers=workers,
-        pin_memory=pin,
-        info={"batch_size": settings.batch_size, "num_workers": workers, "pin_memory": pin},
+def make_datasets(root, train_tf, eval_tf, val_fraction, seed):
+    """train/ 按类别分层划出验证集，val/ 当测试集；返回 (train_ds, val_ds, test_ds)。"""
+    train_folder = datasets.ImageFolder(root / "train", transform=train_tf)
+    val_folder = datasets.ImageFolder(root / "train", transform=eval_tf)  # 同一批图片，换成评估预处理
+    test_ds = datasets.ImageFolder(root / "val", transform=eval_tf)
+    train_idx, val_idx = train_test_split(
+        range(len(train_folder)), test_size=val_fraction,
+        stratify=train_folder.targets,  # 分层：每个类别按同样的比例分进验证集
+        random_state=seed,  # 同一个种子，每次划出同样的验证集
     )
+    return Subset(train_folder, train_idx), Subset(val_folder, val_idx), test_ds
 
 
-def time_loader(loader, max_batches: int = 5):
-    """逐个取出前 max_batches 个批次，记录每个批次用了多少秒、每秒多少张图。
+def make_loaders(train_ds, val_ds, test_ds, batch_size, num_workers, seed):
+    """三个 DataLoader：训练集每轮打乱（顺序由 seed 决定），验证集和测试集按原顺序。"""
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=generator,
+                              num_workers=num_workers, persistent_workers=num_workers > 0)
+    val_loader = DataLoader(val_ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
+    test_loader = DataLoader(test_ds, batch_size=batch_size, num_workers=num_workers)
+    return train_loader, val_loader, test_loader
 
-    第一个批次包含创建迭代器的开销：新建的 DataLoader 若有加载进程（num_workers > 0），要等进程启动，
-    这一批通常明显慢一些；进程已经在运行（persistent_workers 且之前取过批次）或 num_workers 为 0 时，
-    各批次的时间差不多。想看“冷启动”，就传入一个还没取过批次的新 DataLoader。
+
+# ---------------------------------------------------------------- 04 以后：一步拿到 03 的全部结果
+
+
+@dataclass
+class CourseData:
+    """一个档位的数据：根目录、类名、三个数据集和三个 DataLoader（都是 03 里写出来的那些）。"""
+
+    root: Path
+    class_names: list
+    train_ds: object
+    val_ds: object
+    test_ds: object
+    train_loader: object
+    val_loader: object
+    test_loader: object
+    mean: tuple
+    std: tuple
+
+
+def course_data(settings, *, mean, std, train_per_class: int | None = None) -> CourseData:
+    """03 的全部步骤合在一起：准备数据集、预处理、划分、DataLoader。
+
+    参数：
+        mean、std：归一化用的均值和标准差（``cu.load_pretrained`` 返回的权重记录里有）。
+        train_per_class：每类最多留多少张训练图（固定种子挑选）；None 表示按档位（quick 每类 60 张）。
+            验证集和测试集不受影响。06 用它画“训练图片越少，预训练越值钱”的图。
     """
-    import time
+    root = prepare_dataset(settings)
+    train_tf, eval_tf = build_transforms(settings.image_size, settings.resize_size, list(mean), list(std))
+    try:
+        train_ds, val_ds, test_ds = make_datasets(root, train_tf, eval_tf, settings.val_fraction, settings.seed)
+    except ValueError as exc:  # 某类图片太少，分层抽样分不出来
+        raise DatasetError(
+            f"无法从 {display_path(root / 'train')} 分层划出验证集（{exc}）。每类至少要有 2 张训练图片，"
+            "而且验证集要能分到每类一张：检查图片很少的类别，或调整 val_fraction。"
+        ) from None
+    if settings.per_class_limit:  # quick 档位：训练集每类 per_class_limit 张，验证集按比例缩小
+        val_limit = max(1, round(settings.per_class_limit * settings.val_fraction / (1 - settings.val_fraction)))
+        val_ds = Subset(val_ds.dataset, limit_per_class(val_ds, val_limit, settings.seed))
+    limit = min(filter(None, (train_per_class, settings.per_class_limit)), default=None)
+    if limit:
+        train_ds = Subset(train_ds.dataset, limit_per_class(train_ds, limit, settings.seed))
+    workers = safe_num_workers() if settings.num_workers is None else max(0, int(settings.num_workers))
+    loaders = make_loaders(train_ds, val_ds, test_ds, settings.batch_size, workers, settings.seed)
+    return CourseData(root, list(test_ds.classes), train_ds, val_ds, test_ds, *loaders, tuple(mean), tuple(std))
 
-    import pandas as pd
 
-    rows, start = [], time.perf_counter()
-    for k, (images, _) in enumerate(loader):
-        now = time.perf_counter()
-        rows.append({"批次": k + 1, "图片数": len(images), "秒": round(now - start, 4),
-                     "每秒图片数": round(len(images) / max(now - start, 1e-9), 1)})
-        if k + 1 >= max_batches:
-            break
-        start = time.perf_counter()
-    return pd.DataFrame(rows).set_index("批次")
-
-
-# ---------------------------------------------------------------- 类别映射
-
-
-def save_class_maps(class_names, profile: str) -> Path:
-    """保存类别映射到 ``outputs/<档位>/metrics/``，返回 class_to_idx.json 的路径。
-
-    同时写出与原教程兼容的 ``idx_to_labels.npy`` 和 ``labels_to_idx.npy``
-    （NumPy 保存的字典，读取时需要 ``np.load(..., allow_pickle=True).item()``；课程自己只读 JSON）。
-    """
+def limit_per_class(subset, limit: int, seed: int) -> list[int]:
+    """Subset 里每类最多留 limit 个样本（固定种子随机挑选），返回它们在底层数据集里的下标（排好序）。"""
     import numpy as np
 
-    out = output_dir(profile, "metrics")
-    class_to_idx = {name: i for i, name in enumerate(class_names)}
-    path = out / "class_to_idx.json"
-    path.write_text(json.dumps(class_to_idx, ensure_ascii=False, indent=2), encoding="utf-8")
-    np.save(out / "idx_to_labels.npy", {i: name for name, i in class_to_idx.items()})
-    np.save(out / "labels_to_idx.npy", class_to_idx)
-    return path
+    indices = np.asarray(subset.indices)
+    targets = np.asarray(subset.dataset.targets)[indices]
+    rng = np.random.default_rng(seed)
+    kept = [indices[np.flatnonzero(targets == label)][rng.permutation(int((targets == label).sum()))[:limit]]
+            for label in np.unique(targets)]
+    return sorted(np.concatenate(kept).tolist())
 
 
-def sample_paths(dataset) -> list[str] | None:
-    """数据集里每个样本的图片路径（支持 ImageFolder 及套在外面的 Subset）；拿不到时返回 None。"""
-    from torch.utils.data import Subset
+def denormalize(tensor, mean, std):
+    """撤销归一化：x * std + mean，并截到 [0, 1]，便于显示。tensor 形状 (通道数, 高, 宽) 或 (批量大小, 通道数, 高, 宽)。"""
+    mean = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device).reshape(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device).reshape(-1, 1, 1)
+    return (tensor.detach() * std + mean).clamp(0, 1).as_subclass(torch.Tensor)
 
+
+def sample_paths(dataset) -> list[str]:
+    """数据集里每个样本的图片路径，顺序与样本相同（ImageFolder，或套在外面的 Subset）。"""
     if isinstance(dataset, Subset):
         inner = sample_paths(dataset.dataset)
-        return None if inner is None else [inner[i] for i in dataset.indices]
-    samples = getattr(dataset, "samples", None)
-    return None if samples is None else [str(path) for path, _ in samples]
+        return [inner[i] for i in dataset.indices]
+    return [str(path) for path, _ in dataset.samples]
 
 
-def load_class_names(profile: str) -> list[str]:
-    """读取 ``save_class_maps`` 保存的类名（按序号排列）。"""
-    path = output_dir(profile, "metrics") / "class_to_idx.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"找不到 {display_path(path)}。先运行笔记本 03（它会保存类别映射）。")
-    class_to_idx = json.loads(path.read_text(encoding="utf-8"))
-    return sorted(class_to_idx, key=class_to_idx.get)
-
+def example_image(settings) -> Path:
+    """课程总能找到的一张示例图：当前档位测试集（val/）里第一个类别的第一张图（demo / smoke 档位当场生成数据）。"""
+    root = Path(prepare_dataset(settings))
+    test_images = [path for split, _, path in list_image_files(root) if split == "val"]
+    if not test_images:
+        raise DatasetError(f"{display_path(root / 'val')} 里没有图片。删除这个数据集目录后重新运行，让课程重新准备数据。")
+    return test_images[0]

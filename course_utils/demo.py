@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from .progress import progress_bar
 
-__all__ = ["DEMO_FRUITS", "generate_demo_dataset", "draw_fruit_image"]
+__all__: list[str] = []  # 只供包内使用：笔记本通过 cu.prepare_dataset 生成演示数据
 
 MARKER = ".demo-dataset.json"  # 生成完成后写入，记录生成参数；参数相同就不再重画
 DRAWING_VERSION = 2  # 画法有任何改动就加 1：已经生成的旧数据会自动重画

@@ -22,18 +22,14 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
+from .files import is_junk_name
 from .paths import display_path
 from .progress import progress_bar
 
-__all__ = [
-    "DownloadError", "UnsafeArchiveError", "download_file", "download_first", "extract_zip",
-    "file_sha256", "zip_member_names",
-]
+__all__: list[str] = []  # 只供包内使用：笔记本通过 cu.prepare_dataset 下载和解压
 
 CHUNK = 1 << 16  # 每次读写 64 KiB：断线时最多丢这么多，续传从已写入的位置开始
 EXTRACTED_MARKER = ".extracted.json"  # 解压完成后写在目标目录里
-# 系统和编辑器留下的垃圾；解压时跳过，列类别和图片时（data.py、imagefolder.py、health.py）也跳过
-JUNK_NAMES = {"__MACOSX", ".DS_Store", ".ipynb_checkpoints", "Thumbs.db", "desktop.ini"}
 
 
 class DownloadError(RuntimeError):
@@ -277,11 +273,6 @@ def _unsafe_reason(name: str, info: zipfile.ZipInfo) -> str | None:
     if ".." in PurePosixPath(name).parts:
         return "包含 ../，会写到目标目录之外"
     return None
-
-
-def is_junk_name(name: str) -> bool:
-    """隐藏或系统生成的文件名/目录名（.ipynb_checkpoints、__MACOSX、.DS_Store、以 . 开头）。"""
-    return name in JUNK_NAMES or name.startswith(".")
 
 
 def _is_junk(name: str) -> bool:

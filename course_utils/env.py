@@ -12,7 +12,7 @@ from pathlib import Path
 from . import paths
 from .config import resolve_settings
 
-__all__ = ["seed_everything", "get_device", "device_hint", "setup_notebook", "check_environment"]
+__all__ = ["get_device", "setup_notebook", "check_environment"]
 
 
 def seed_everything(seed: int = 42) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import paths
 
-__all__ = ["course_font_path", "setup_chinese_font", "set_theme", "missing_glyphs", "render_with_font"]
+__all__ = ["setup_chinese_font", "set_theme", "missing_glyphs", "render_with_font"]
 
 COURSE_FONT_FILE = "WenQuanYiMicroHei-Subset.ttf"
 SIMHEI = "SimHei"

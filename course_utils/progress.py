@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["progress_bar", "is_headless"]
+__all__: list[str] = []  # 只供包内使用
 
 HEADLESS_ENV_VAR = "COURSE_HEADLESS"
 
@@ -22,6 +22,9 @@ def progress_bar(iterable=None, **kwargs):
     """
     if is_headless():
         from tqdm import tqdm
+
+        if kwargs.get("leave") is False:  # 无人值守时不画一闪而过的内层进度条（每批一条），只留外层
+            kwargs.setdefault("disable", True)
 
         kwargs.setdefault("mininterval", 10.0)
         kwargs.setdefault("ascii", True)

@@ -19,7 +19,7 @@ from . import paths
 from .config import resolve_profile
 from .progress import HEADLESS_ENV_VAR
 
-__all__ = ["list_notebooks", "run_notebooks", "NotebookFailed", "parse_parameters"]
+__all__: list[str] = []  # 命令行 python -m course_utils run 用
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 

@@ -10,15 +10,16 @@ import math
 from pathlib import Path
 
 from .checkpoints import best_epoch
-from .data import load_rgb_image
-from .models import STRATEGY_NAMES, count_params, trainable_summary
+from .config import STRATEGY_NAMES
+from .files import load_rgb_image
 from .paths import display_path, output_dir
-from .transforms import CHANNEL_NAMES, IMAGENET_MEAN, IMAGENET_STD, augmentation_steps, denormalize, pixels_by_channel
 
 __all__ = [
-    "save_figure", "message_figure", "show_images", "show_batch", "plot_class_counts", "plot_image_sizes",
-    "show_augmentations", "plot_pixel_histogram", "plot_trainable_blocks", "plot_history",
+    "save_figure", "show_images", "show_batch", "plot_class_counts", "plot_image_sizes", "show_augmentations",
+    "plot_pixel_histogram", "plot_trainable_blocks", "plot_history",
 ]
+
+CHANNEL_NAMES = ("R（红）", "G（绿）", "B（蓝）")
 
 
 def save_figure(fig, profile: str, name: str, formats: tuple[str, ...] = ("png",)) -> str:
@@ -86,14 +87,14 @@ def show_images(images, titles=None, *, ncols: int | None = None, size: float = 
     return fig
 
 
-def show_batch(images, labels, class_names, *, n: int = 16, ncols: int = 8, mean=None, std=None):
-    """显示一个批次的前 n 张图：先撤销归一化（cu.denormalize），标题是类名。
+def show_batch(images, labels, class_names, mean, std, *, n: int = 16, ncols: int = 8):
+    """显示一个批次的前 n 张图：先撤销归一化（mean、std 是归一化时用的），标题是类名。
 
     参数：
         images：形状 (批量大小, 通道数, 高, 宽) 的张量（归一化过的）；labels：类别序号。
     """
-    mean = IMAGENET_MEAN if mean is None else mean
-    std = IMAGENET_STD if std is None else std
+    from .data import denormalize
+
     shown = denormalize(images[:n], mean, std)
     titles = [class_names[int(label)] for label in labels[:n]]
     return show_images(list(shown), titles, ncols=min(ncols, len(shown)), size=1.6)
@@ -154,23 +155,26 @@ def plot_image_sizes(table):
 def show_augmentations(image, image_size: int, resize_size: int, *, n_random: int = 3, seed: int = 0):
     """在同一张图上看每个预处理步骤的效果：原图、随机裁剪缩放（几次）、水平翻转、缩放、中心裁剪。
 
-    参数：
-        image：PIL 图片或路径。n_random：随机裁剪缩放画几次（每次结果不同）。
-        seed：固定随机裁剪的随机数，让图可以复现（不改变全局的随机数状态）。
+    seed 固定随机裁剪的随机数，让图可以复现（不改变全局的随机数状态）。
     """
     import torch
+    from torchvision.transforms import v2
 
-    image = load_rgb_image(image) if isinstance(image, (str, Path)) else image
-    steps = augmentation_steps(image_size, resize_size)
+    image = load_rgb_image(image)
+    steps = {
+        "随机裁剪缩放": (v2.RandomResizedCrop(image_size), n_random),
+        "水平翻转": (v2.RandomHorizontalFlip(p=1.0), 1),  # p=1：一定翻转，方便观察
+        f"缩放到 {resize_size}": (v2.Resize(resize_size), 1),
+        f"中心裁剪 {image_size}": (v2.Compose([v2.Resize(resize_size), v2.CenterCrop(image_size)]), 1),
+    }
     shown, titles = [image], [f"原图 {image.width}×{image.height}"]
     with torch.random.fork_rng(devices=[]):  # 只在这里用固定种子；退出后全局随机数状态原样恢复
         torch.manual_seed(seed)
-        for name, step in steps.items():
-            repeats = n_random if name.startswith("随机") else 1
+        for name, (step, repeats) in steps.items():
             for k in range(repeats):
                 out = step(image)
                 shown.append(out)
-                titles.append(f"{name.split(' ')[0]}{f' #{k + 1}' if repeats > 1 else ''}\n{out.width}×{out.height}")
+                titles.append(f"{name}{f' #{k + 1}' if repeats > 1 else ''}\n{out.width}×{out.height}")
     return show_images(shown, titles, ncols=min(len(shown), 4), size=2.4)
 
 
@@ -191,7 +195,8 @@ def plot_pixel_histogram(before, after, *, max_pixels: int = 20000, seed: int = 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     titles = ("归一化之前（0–1）", "归一化之后（整个 ImageNet 约以 0 为中心）")
     for ax, tensor, title in zip(axes, (before, after), titles):
-        flat = pixels_by_channel(tensor).numpy()
+        x = tensor.detach().float().cpu()
+        flat = (x.transpose(0, 1) if x.dim() == 4 else x).reshape(3, -1).numpy()  # (通道数, 像素个数)
         keep = rng.choice(flat.shape[1], size=min(max_pixels, flat.shape[1]), replace=False)
         frame = pd.DataFrame({"像素值": flat[:, keep].ravel(), "通道": np.repeat(CHANNEL_NAMES[: flat.shape[0]], len(keep))})
         sns.histplot(data=frame, x="像素值", hue="通道", bins=40, element="step", fill=False, ax=ax,
@@ -205,17 +210,15 @@ def plot_pixel_histogram(before, after, *, max_pixels: int = 20000, seed: int = 
 # ---------------------------------------------------------------- 模型与训练
 
 
-BLOCK_STATES = {"冻结": 0.0, "部分训练": 0.5, "训练": 1.0}  # trainable_summary 的“状态”列 -> 颜色
+BLOCK_STATES = {"冻结": 0.0, "部分训练": 0.5, "训练": 1.0}  # 每块的状态 -> 颜色
 BLOCK_COLORS = ["#9bb7d4", "#f2b880", "#e4572e"]  # 冻结：浅蓝；部分训练：浅橙；训练：橙红
 
 
 def plot_trainable_blocks(models: dict, title: str | None = None):
-    """画出每种策略下各顶层模块是冻结、部分训练还是训练（格子里写参数量）。
+    """画出每种策略下各块（顶层模块；Lite0 的 blocks 拆成 7 个阶段）是冻结、部分训练还是训练，格子里写参数量。
 
     参数：
-        models：{行标签: 模型}，例如 ``{s: cu.build_model(strategy=s, weights=None) for s in cu.STRATEGIES}``。
-    返回：
-        matplotlib Figure。
+        models：{行标签: 模型}，例如 ``{"freeze": 模型1, "finetune": 模型2}``。
     """
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -223,26 +226,37 @@ def plot_trainable_blocks(models: dict, title: str | None = None):
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    tables = {label: trainable_summary(model).drop(index="合计") for label, model in models.items()}
-    blocks = list(next(iter(tables.values())).index)
-    status = pd.DataFrame({b: [BLOCK_STATES[t.loc[b, "状态"]] for t in tables.values()] for b in blocks},
-                          index=[_row_label(label, models[label]) for label in tables])
-    counts = [[_short_count(t.loc[b, "参数量"]) for b in blocks] for t in tables.values()]
-    fig, ax = plt.subplots(figsize=(1.2 * len(blocks) + 2.5, 0.9 * len(models) + 1.2))
+    from .models import blocks_of, count_params
+
+    counts = {label: {name: count_params(block) for name, block in blocks_of(model).items()}
+              for label, model in models.items()}
+    blocks = list(next(iter(counts.values())))
+    status = pd.DataFrame({b: [_state(c[b]) for c in counts.values()] for b in blocks},
+                          index=[_row_label(label, models[label]) for label in counts])
+    numbers = [[_short_count(c[b]["total"]) for b in blocks] for c in counts.values()]
+    fig, ax = plt.subplots(figsize=(0.9 * len(blocks) + 3, 0.9 * len(models) + 1.4))
     sns.heatmap(status, ax=ax, cmap=ListedColormap(BLOCK_COLORS), vmin=-0.25, vmax=1.25, cbar=False,
-                annot=pd.DataFrame(counts).values, fmt="", linewidths=2, linecolor="white",
-                annot_kws={"fontsize": 9})
-    ax.set_xlabel("模型的顶层模块（格子里是参数量）")
-    ax.set_ylabel("")
+                annot=pd.DataFrame(numbers).values, fmt="", linewidths=2, linecolor="white", annot_kws={"fontsize": 8})
+    ax.set(xlabel="模型的各块（格子里是参数量）", ylabel="")
     ax.tick_params(axis="y", rotation=0)
-    shown = sorted(set(status.values.ravel()), reverse=True)  # 图例只列出图里出现的状态
+    ax.tick_params(axis="x", rotation=45)
+    shown = set(status.values.ravel())  # 图例只列出图里出现的状态
     ax.legend(handles=[Patch(color=BLOCK_COLORS[int(v * 2)], label=name) for name, v in BLOCK_STATES.items()
                        if v in shown][::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title or "三种策略：哪些层参与训练")
+    fig.tight_layout()
     return fig
 
 
+def _state(counts: dict) -> float:
+    if counts["trainable"] == counts["total"]:
+        return BLOCK_STATES["训练"]
+    return BLOCK_STATES["冻结"] if counts["trainable"] == 0 else BLOCK_STATES["部分训练"]
+
+
 def _row_label(label: str, model) -> str:
+    from .models import count_params
+
     counts = count_params(model)
     name = f"{label}（{STRATEGY_NAMES[label]}）" if label in STRATEGY_NAMES else label
     return f"{name}\n可训练 {_short_count(counts['trainable'])} / {_short_count(counts['total'])}"
