@@ -238,10 +238,13 @@ def _check_layout(root: Path, expected) -> Path:
     """train/ 和 val/ 都在，类别相同；expected 给出时还要与注册表的类名一致。"""
     if not _looks_complete(root):
         raise DatasetError(f"{display_path(root)} 里应有 train/ 和 val/ 两个子目录（fruit30 的结构）。")
-    hidden = [f"{split}/{p.name}" for split in SPLITS for p in (root / split).iterdir() if p.is_dir() and is_junk_name(p.name)]
-    if hidden:
+    hidden = sorted(p.relative_to(root).as_posix() for split in SPLITS for p in (root / split).rglob("*")
+                    if is_junk_name(p.name))
+    if hidden:  # torchvision 的 ImageFolder 会把隐藏目录当成类别、把 ._ 开头的文件当成图片
+        shown = "、".join(hidden[:5]) + (f" 等 {len(hidden)} 项" if len(hidden) > 5 else "")
         raise DatasetError(
-            f"{display_path(root)} 里有隐藏目录 {'、'.join(hidden)}：ImageFolder 会把它当成一个类别。删掉它再重新运行。"
+            f"{display_path(root)} 里有隐藏或系统生成的文件：{shown}。ImageFolder 会把隐藏目录当成类别、"
+            "把 macOS 的 ._ 文件当成图片：删掉它们再重新运行。"
         )
     train, val = list_classes(root / "train"), list_classes(root / "val")
     _require_same_classes(train, val, root)

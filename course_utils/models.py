@@ -133,7 +133,7 @@ def _load_torchvision(name: str):
 
     try:
         enum = models.ResNet18_Weights.verify("IMAGENET1K_V1" if name.lower() == "imagenet" else name)
-    except ValueError:
+    except (KeyError, ValueError):
         raise ValueError(f"resnet18 没有名为 {name!r} 的 torchvision 权重。可选：IMAGENET1K_V1（或 \"imagenet\"）、"
                          "本地权重文件的路径，或 None。") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)

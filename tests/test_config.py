@@ -34,7 +34,8 @@ def test_overrides_replace_defaults_but_none_keeps_them():
     settings = resolve_settings("smoke", epochs=3, batch_size=None, STRATEGY="finetune", IMAGE_PATH=None)
     assert settings.epochs == 3
     assert settings.batch_size == PROFILES["smoke"].batch_size
-    assert settings.extra == {"strategy": "finetune", "image_path": None}  # 不是设置字段的参数进 extra
+    # 不是设置字段的参数进 extra；给了 strategy 就补上是否缓存特征（finetune 不缓存）
+    assert settings.extra == {"strategy": "finetune", "feature_cache": False, "image_path": None}
     assert settings.to_dict()["strategy"] == "finetune"
     assert PROFILES["smoke"].epochs == 1  # 原始档位没有被改动
 
@@ -56,8 +57,35 @@ def test_settings_table_has_a_chinese_explanation_for_every_field():
 
 def test_user_facing_profiles_need_imagenet_and_smoke_does_not():
     assert PROFILES["full"].weights_required and PROFILES["quick"].weights_required
-    assert not PROFILES["demo"].weights_required  # demo 在离线时退回随机初始化（并醒目提示）
+    assert not PROFILES["demo"].weights_required  # demo 换成 resnet18 又离线时退回随机初始化（并醒目提示）
     assert PROFILES["smoke"].weights is None
+
+
+def test_full_and_quick_keep_the_tutorials_resnet18_and_demo_uses_the_offline_lite0():
+    assert PROFILES["full"].arch == PROFILES["quick"].arch == "resnet18"
+    assert PROFILES["demo"].arch == "efficientnet_lite0" and PROFILES["demo"].weights == "imagenet"
+    assert resolve_settings("full", arch="efficientnet_lite0").arch == "efficientnet_lite0"  # 任何档位都能换
+    with pytest.raises(ProfileError, match="resnet18 / efficientnet_lite0"):
+        resolve_settings("demo", arch="vgg16")
+
+
+def test_strategy_is_checked_and_the_feature_cache_default_follows_it():
+    assert resolve_settings("demo", strategy="Freeze").extra == {"strategy": "freeze", "feature_cache": True}
+    assert resolve_settings("full", strategy="freeze").extra["feature_cache"] is False  # full 保留数据增广
+    assert resolve_settings("demo", strategy="freeze", feature_cache="False").extra["feature_cache"] is False
+    with pytest.raises(ProfileError, match="未知的迁移策略 'frozen'"):
+        resolve_settings("demo", strategy="frozen")
+    with pytest.raises(ProfileError, match="只适用于 freeze"):
+        resolve_settings("demo", strategy="finetune", feature_cache=True)
+
+
+def test_the_learner_facing_namespace_fits_on_one_screen():
+    names = cu.public_names()
+    assert 40 <= len(names) <= 60, sorted(names)
+    assert {"train_one_epoch", "evaluate", "fit", "load_pretrained", "replace_head"} <= names
+    assert set(dir(cu)) >= names | {"explain", "embedding", "onnx_export"}  # 选学的辅助函数用模块名调用
+    with pytest.raises(AttributeError):
+        cu.grad_cam  # noqa: B018  选学 10 的函数不在核心名单里
 
 
 def test_output_dir_follows_the_environment_and_rejects_unknown_kinds(tmp_path, monkeypatch):
@@ -77,7 +105,7 @@ def test_relative_locations_in_the_environment_start_at_the_repository_root(tmp_
     monkeypatch.setenv("COURSE_OUTPUT_DIR", "outputs-mine")
     monkeypatch.setenv("COURSE_DATA_DIR", "my-data")
     assert cu.output_dir("demo") == tmp_path / "repo" / "outputs-mine" / "demo"
-    assert cu.data_dir() == tmp_path / "repo" / "my-data"
+    assert paths.data_dir() == tmp_path / "repo" / "my-data"
     monkeypatch.setenv("COURSE_DATASET", "我的数据")
     assert resolve_settings("demo").dataset == str(tmp_path / "repo" / "我的数据")
     monkeypatch.setenv("COURSE_DATASET", "fruit30")  # 数据集名保持原样

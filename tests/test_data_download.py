@@ -81,7 +81,7 @@ def _closed_port_url():
 
 
 def test_dropped_connection_is_resumed_with_range_and_checksum_matches(server, tmp_path):
-    dest = cu.download_file(server.url + "/flaky", tmp_path / "a.bin", sha256=PAYLOAD_SHA, backoff=0.01)
+    dest = cu.download.download_file(server.url + "/flaky", tmp_path / "a.bin", sha256=PAYLOAD_SHA, backoff=0.01)
     assert dest.read_bytes() == PAYLOAD
     ranges = [r for path, r in server.requests if path == "/flaky"]
     assert ranges[0] is None and ranges[1] is not None  # 第二次请求从断点续传
@@ -91,12 +91,12 @@ def test_dropped_connection_is_resumed_with_range_and_checksum_matches(server, t
 
 
 def test_server_without_range_support_restarts_and_still_completes(server, tmp_path):
-    dest = cu.download_file(server.url + "/norange-flaky", tmp_path / "b.bin", sha256=PAYLOAD_SHA, backoff=0.01)
+    dest = cu.download.download_file(server.url + "/norange-flaky", tmp_path / "b.bin", sha256=PAYLOAD_SHA, backoff=0.01)
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == PAYLOAD_SHA
 
 
 def test_read_timeout_is_retried(server, tmp_path):
-    dest = cu.download_file(server.url + "/slow", tmp_path / "c.bin", timeout=(2, 0.2), backoff=0.01)
+    dest = cu.download.download_file(server.url + "/slow", tmp_path / "c.bin", timeout=(2, 0.2), backoff=0.01)
     assert dest.read_bytes() == PAYLOAD
     assert len([p for p, _ in server.requests if p == "/slow"]) == 2
 
@@ -104,18 +104,18 @@ def test_read_timeout_is_retried(server, tmp_path):
 def test_wrong_checksum_is_a_chinese_error_and_leaves_no_file(server, tmp_path):
     dest = tmp_path / "d.bin"
     with pytest.raises(DownloadError, match="校验失败.*SHA-256") as info:
-        cu.download_file(server.url + "/file", dest, sha256="0" * 64, backoff=0.01)
+        cu.download.download_file(server.url + "/file", dest, sha256="0" * 64, backoff=0.01)
     assert "换一个镜像" in str(info.value)
     assert not dest.exists() and not (tmp_path / "d.bin.part").exists()
 
 
 def test_unreachable_url_falls_back_to_the_next_mirror(server, tmp_path):
     dead = _closed_port_url()
-    path, used = cu.download_first([dead, server.url + "/missing", server.url + "/file"], tmp_path / "e.bin",
+    path, used = cu.download.download_first([dead, server.url + "/missing", server.url + "/file"], tmp_path / "e.bin",
                                    sha256=PAYLOAD_SHA, backoff=0.01)
     assert used == server.url + "/file" and path.read_bytes() == PAYLOAD
     with pytest.raises(DownloadError) as info:
-        cu.download_first([dead, server.url + "/missing"], tmp_path / "f.bin", backoff=0.01)
+        cu.download.download_first([dead, server.url + "/missing"], tmp_path / "f.bin", backoff=0.01)
     assert info.value.failures[0].startswith(f"从 {dead} 下载失败：连接被拒绝")
     assert "HTTP 404" in info.value.failures[1]
 
@@ -123,19 +123,19 @@ def test_unreachable_url_falls_back_to_the_next_mirror(server, tmp_path):
 def test_file_urls_and_plain_local_paths_work(tmp_path):
     source = tmp_path / "源 文件.bin"  # 中文和空格：file:// 地址要正确转义
     source.write_bytes(PAYLOAD)
-    assert cu.download_file(source.as_uri(), tmp_path / "g.bin", sha256=PAYLOAD_SHA).read_bytes() == PAYLOAD
-    assert cu.download_file(str(source), tmp_path / "h.bin", size=len(PAYLOAD)).read_bytes() == PAYLOAD
+    assert cu.download.download_file(source.as_uri(), tmp_path / "g.bin", sha256=PAYLOAD_SHA).read_bytes() == PAYLOAD
+    assert cu.download.download_file(str(source), tmp_path / "h.bin", size=len(PAYLOAD)).read_bytes() == PAYLOAD
     with pytest.raises(DownloadError, match="不存在"):
-        cu.download_file(str(tmp_path / "nope.bin"), tmp_path / "i.bin")
+        cu.download.download_file(str(tmp_path / "nope.bin"), tmp_path / "i.bin")
 
 
 def test_existing_verified_file_is_reused_and_a_bad_one_is_replaced(server, tmp_path):
     dest = tmp_path / "j.bin"
     dest.write_bytes(b"stale")
-    cu.download_file(server.url + "/file", dest, sha256=PAYLOAD_SHA, backoff=0.01)
+    cu.download.download_file(server.url + "/file", dest, sha256=PAYLOAD_SHA, backoff=0.01)
     assert dest.read_bytes() == PAYLOAD
     count = len(server.requests)
-    cu.download_file(server.url + "/file", dest, sha256=PAYLOAD_SHA)
+    cu.download.download_file(server.url + "/file", dest, sha256=PAYLOAD_SHA)
     assert len(server.requests) == count  # 已有且校验通过：不再联网
 
 
@@ -223,16 +223,18 @@ def test_fruit30_from_a_mirror_then_reused_offline(data_dir, server, tmp_path, m
     assert not (root / "__MACOSX").exists()
     count = len(server.requests)
     assert cu.prepare_dataset(settings) == root and len(server.requests) == count  # 第二次不联网
-    assert "已就绪" in cu.dataset_status(settings)
+    assert "已就绪" in cu.data.dataset_status(settings)
 
 
 def test_fruit30_from_a_local_gbk_archive(data_dir, tmp_path):
     archive = _fake_fruit30_zip(tmp_path / "下载的.zip", gbk=True)
-    assert "fruit30_split/train/苹果-红/0.jpg" in cu.zip_member_names(archive)
+    assert "fruit30_split/train/苹果-红/0.jpg" in cu.download.zip_member_names(archive)
     root = cu.prepare_dataset(cu.resolve_settings("full", archive=str(archive)))
     assert (root / "val" / "哈密瓜" / "0.jpg").is_file()
-    splits = cu.make_datasets(cu.resolve_settings("full", image_size=32, resize_size=36, val_fraction=0.5), root)
-    assert len(splits.class_names) == 30 and len(splits.test_ds) == 30
+    settings = cu.resolve_settings("full", image_size=32, resize_size=36, val_fraction=0.5, archive=str(archive))
+    data = cu.course_data(settings, mean=[0.5] * 3, std=[0.5] * 3)  # 03 的 ImageFolder 读得出中文类名
+    assert data.class_names == sorted(DATASETS["fruit30"].classes) and len(data.test_ds) == 30
+    assert len(data.train_ds) == len(data.val_ds) == 30  # 每类两张：分层各分一张
 
 
 def test_archive_with_wrong_classes_is_rejected(data_dir, tmp_path):
@@ -268,8 +270,8 @@ def test_unsafe_archives_are_refused_and_nothing_is_written(tmp_path, evil):
     work = tmp_path / "work"
     work.mkdir()
     archive = _zip_with(tmp_path / "evil.zip", [("train/a/ok.txt", b"ok"), (evil, b"/etc/passwd")])
-    with pytest.raises(cu.UnsafeArchiveError, match="拒绝解压"):
-        cu.extract_zip(archive, work / "target")
+    with pytest.raises(cu.download.UnsafeArchiveError, match="拒绝解压"):
+        cu.download.extract_zip(archive, work / "target")
     assert list(work.iterdir()) == []  # 目标目录、临时目录都没有出现
     assert not list(tmp_path.rglob("evil*.txt")) and not (tmp_path.parent / "evil.txt").exists()
 
@@ -279,12 +281,12 @@ def test_extraction_skips_junk_strips_top_folder_and_is_idempotent(tmp_path):
         ("top/train/猫/1.jpg", b"1"), ("top/val/猫/2.jpg", b"2"), ("top/train/.ipynb_checkpoints/x.jpg", b"x"),
         ("top/train/猫/.DS_Store", b"x"), ("__MACOSX/top/train/._1.jpg", b"x"),
     ])
-    target = cu.extract_zip(archive, tmp_path / "data")
+    target = cu.download.extract_zip(archive, tmp_path / "data")
     files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
     assert files == [".extracted.json", "train/猫/1.jpg", "val/猫/2.jpg"]
     (target / "train" / "猫" / "1.jpg").unlink()
     archive.unlink()
-    assert cu.extract_zip(archive, target) == target  # 有完成标记：不重复解压（压缩包不在也没关系）
+    assert cu.download.extract_zip(archive, target) == target  # 有完成标记：不重复解压（压缩包不在也没关系）
     assert not (target / "train" / "猫" / "1.jpg").exists()
 
 
@@ -292,4 +294,4 @@ def test_corrupt_archive_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(DownloadError, match="不是有效的 zip"):
-        cu.extract_zip(bad, tmp_path / "out")
+        cu.download.extract_zip(bad, tmp_path / "out")

@@ -47,7 +47,7 @@ def _course_texts():
 
 
 def _font_cmap():
-    with TTFont(cu.course_font_path(), lazy=True) as font:
+    with TTFont(cu.fonts.course_font_path(), lazy=True) as font:
         return font.getBestCmap()
 
 
@@ -99,7 +99,7 @@ def test_bundled_font_covers_every_chinese_character_the_course_uses():
 
 
 def test_bundled_font_is_small_truetype_covering_gb2312_and_ascii():
-    path = cu.course_font_path()
+    path = cu.fonts.course_font_path()
     assert path.suffix == ".ttf" and path.stat().st_size < 8_000_000
     with TTFont(path) as font:
         assert "glyf" in font and "CFF " not in font, "需要 TrueType（glyf）轮廓"
@@ -186,7 +186,7 @@ def test_setup_chinese_font_settings_and_idempotence(rc):
     assert mpl.rcParams["pdf.fonttype"] == 42 and mpl.rcParams["ps.fonttype"] == 42
     assert mpl.rcParams["axes.unicode_minus"] is True  # 课程字体有 U+2212，保留规范负号
     found = font_manager.findfont(font_manager.FontProperties(family=["sans-serif"]))
-    assert Path(found).resolve() == cu.course_font_path().resolve()
+    assert Path(found).resolve() == cu.fonts.course_font_path().resolve()
 
 
 def test_setup_never_writes_into_matplotlib_install_or_deletes_caches(rc):
@@ -210,7 +210,7 @@ def _fake_simhei(path: Path, with_minus: bool = False) -> Path:
     subsetter = subset.Subsetter(options)
     ascii_text = "".join(map(chr, range(0x20, 0x7F)))  # 真正的 SimHei 也有全部 ASCII
     subsetter.populate(text=ascii_text + "中文字体测试准确率训练集损失第一二三轮图例（）：" + ("−" if with_minus else ""))
-    with TTFont(cu.course_font_path()) as font:
+    with TTFont(cu.fonts.course_font_path()) as font:
         subsetter.subset(font)
         for name_id, value in ((1, "SimHei"), (4, "SimHei"), (6, "SimHei")):
             font["name"].setName(value, name_id, 3, 1, 0x409)
@@ -247,7 +247,7 @@ def test_prefers_simhei_known_to_matplotlib(rc, isolated_font_list, tmp_path):
 def test_prefers_simhei_dropped_into_fonts_folder(rc, isolated_font_list, tmp_path, monkeypatch):
     fonts_dir = tmp_path / "fonts"
     fonts_dir.mkdir()
-    shutil.copy(cu.course_font_path(), fonts_dir)
+    shutil.copy(cu.fonts.course_font_path(), fonts_dir)
     fake = _fake_simhei(fonts_dir / "SimHei.ttf")
     monkeypatch.setattr(paths, "FONTS_DIR", fonts_dir)
     assert cu.setup_chinese_font() == "SimHei"
@@ -280,7 +280,7 @@ def test_build_script_resubsets_to_cover_new_text_reproducibly(tmp_path):
     (repo / "notes.md").write_text("鑫淼", encoding="utf-8")
     # 离线：以现有的子集字体为源字体（它没有“龘”，脚本应当报告出来）
     outputs = [tmp_path / "a.ttf", tmp_path / "b.ttf"]
-    runs = [subprocess.Popen(_build_command("--source", cu.course_font_path(), "--root", repo, "--output", out),
+    runs = [subprocess.Popen(_build_command("--source", cu.fonts.course_font_path(), "--root", repo, "--output", out),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for out in outputs]
     for run in runs:  # 两次构建同时进行，省时间
         stdout = run.communicate(timeout=120)[0]
