@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:  # 子命令自己没有接住的 Ctrl+C（例如还在导入依赖时）：不打印一大段 Traceback
+        print("\n[中断] 按了 Ctrl+C，已停止。", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

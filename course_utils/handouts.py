@@ -3,6 +3,8 @@
 - 用 nbconvert 的 HTMLExporter（lab 模板）转换，图表以 base64 嵌在页面里（照片多的大图改存 JPEG）；
 - 中文用课程自带的字体显示，与看讲义的电脑装了什么字体无关：每页嵌入一份只含本页字符的
   WOFF2 子集字体（fontTools 生成），一页通常只多几百 KB，单个文件就能拷走、发邮件、离线打开；
+- 含公式（``$…$``、``$$…$$``）的页面嵌入一份 MathJax 3（django-static-mathjax 包带的 tex-svg-full.js，
+  约 2.2 MB），没有网络也能显示公式；没有公式的页面不带它；
 - 无人值守执行留下的进度条中间帧（``\\r``）被合并掉，只留最后一帧；只含进度条的 stderr 输出
   按普通文字显示（不是出错的粉色底）；输出里本机的仓库路径写成相对路径，家目录写成 ``~``；
 - ``index.html`` 按编号列出课程各节，再列出“附：训练记录”（06 用 papermill 执行 04 的副本，
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import ast
 import base64
+import functools
 import html
+import importlib.resources
 import io
 import re
 from dataclasses import dataclass
@@ -39,6 +43,18 @@ LINK_PATTERN = re.compile(r'<a href="(\.\./|solutions/)?(\d\d_[a-z0-9_]+)\.ipynb
 UNLINKED_NOTES = {"solutions/": "这份讲义不含参考答案（学生版不带；做完练习后可以向老师要）"}
 MATH_PATTERN = re.compile(r"\$\$|\$[^$\n]+\$|\\\(|\\\[")
 FONT_PLACEHOLDER = "/*COURSE-HANDOUT-FONT*/"
+MATHJAX_PLACEHOLDER = "<!--COURSE-HANDOUT-MATHJAX-->"
+# MathJax 3 的单文件版（TeX 输入、SVG 输出、全部 TeX 扩展都在里面，字形是 SVG 路径，不另外加载字体或组件）
+MATHJAX_PACKAGE, MATHJAX_FILE = "mathjax", "static/mathjax/es5/tex-svg-full.js"
+# MathJax 3 的设置：与 nbconvert 原来给 MathJax 2 的设置相同的分隔符；公式里的中文用讲义嵌入的字体
+MATHJAX_CONFIG = """<script>
+window.MathJax = {
+  tex: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]], displayMath: [["$$", "$$"], ["\\\\[", "\\\\]"]],
+        processEscapes: true, processEnvironments: true, tags: "ams"},
+  svg: {fontCache: "global", mtextInheritFont: true, unknownFamily: '"%s", serif'},
+};
+</script>
+"""
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 PHOTO_PNG_BYTES = 300_000  # base64 长度超过它的 PNG 才考虑换成 JPEG
 # tqdm 文字进度条的一行：“描述: 100%|####| 4/4 [00:02<00:00, …]”
@@ -60,7 +76,7 @@ TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
 {%- if "widgets" in nb.metadata -%}<script src="{{ resources.require_js_url }}"></script>{%- endif -%}
 {%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}
-{%- if resources.course_has_math -%}{{ super() }}{%- endif -%}
+{%- if resources.course_has_math -%}""" + MATHJAX_PLACEHOLDER + r"""{%- endif -%}
 {%- endblock html_head_js_mathjax -%}
 {%- block html_head_css -%}
 <style type="text/css">""" + FONT_PLACEHOLDER + r"""</style>
@@ -426,6 +442,23 @@ def _embed_fonts(documents: dict[str, str], font_path: Path) -> dict[str, str]:
     return embedded
 
 
+# ---------------------------------------------------------------- 公式
+
+
+@functools.lru_cache(maxsize=1)
+def _mathjax_html() -> str:
+    """嵌进含公式页面的 MathJax：设置加上整个 tex-svg-full.js（内联，页面单独拷走也能离线显示公式）。"""
+    try:
+        script = (importlib.resources.files(MATHJAX_PACKAGE) / MATHJAX_FILE).read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise FileNotFoundError(
+            f"讲义里有公式，离线显示公式要用 django-static-mathjax 包带的 MathJax（{MATHJAX_FILE}），但没有找到它。"
+            "运行 make venv，或 pip install -r requirements.txt，装上之后再生成讲义。"
+        ) from exc
+    script = script.replace("</script", "<\\/script")  # 内联时不能提前结束 <script>（在字符串和正则里含义不变）
+    return MATHJAX_CONFIG % HANDOUT_FONT_FAMILY + f"<script>{script}</script>"
+
+
 def _default_font_path() -> Path:
     from .fonts import course_font_path
 
@@ -464,6 +497,8 @@ def build_handouts(profile: str | None = None, student: bool = False, source_dir
     documents["index.html"] = _render_index(pages, profile, student, banner)
     documents = {name: _link_pages(text, documents) for name, text in documents.items()}
     for name, text in _embed_fonts(documents, Path(font_path or _default_font_path())).items():
+        if MATHJAX_PLACEHOLDER in text:  # 字体嵌好之后再放 MathJax：它的 2 MB 脚本不参与挑选字体里的字
+            text = text.replace(MATHJAX_PLACEHOLDER, _mathjax_html(), 1)
         (out_dir / name).write_text(text, encoding="utf-8")
     return out_dir / "index.html"
 

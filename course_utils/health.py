@@ -2,8 +2,10 @@
 
 检查项：读不出来或被截断的文件、非 RGB 模式（灰度 L、带透明 RGBA、调色板 P、印刷用 CMYK）、
 太小的图片、没有图片的类别、train/ 与 val/ 类别不一致、跨划分的完全重复（文件哈希相同）
-与近似重复（感知哈希相近，如重新压缩或缩放过的同一张图）——它们会造成*数据泄漏*（data leakage），
-让测试成绩虚高——、train/ 内部的重复（验证集从 train/ 划出，重复图会泄漏到验证集），以及类别不均衡。任何一个坏文件都不会让检查本身崩溃。
+与近似重复（明暗结构的指纹和粗略的颜色都相近，如重新压缩或缩放过的同一张图；形状一样、颜色不同的
+两种水果不算）——它们会造成*数据泄漏*（data leakage），
+让测试成绩虚高——、train/ 内部的重复（验证集从 train/ 划出，重复图会泄漏到验证集），以及类别不均衡。
+近似重复按“一组彼此相像的图”报告，每组一行、写明张数，而不是每一对一行。任何一个坏文件都不会让检查本身崩溃。
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ __all__ = ["check_dataset"]
 LEVELS = ("错误", "警告", "提示")  # 错误：会让训练出错或结果不可信；警告：最好处理；提示：了解即可
 PROBLEM_COLUMNS = ["级别", "问题", "划分", "类别", "文件", "说明"]
 HASH_SIZE = 16  # 差值哈希（dHash）的边长：16×16 = 256 位
+HASH_MARGIN = 2  # 右边比左边亮超过这么多个灰度级才记 1：纯色背景里相邻像素几乎一样亮，不让噪声随机翻转指纹位
+COLOUR_CELLS = 4  # 颜色签名：把图缩成 4×4 个格子，每格的平均颜色（RGB）
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # 灰度图：和别的图只比明暗，不比颜色
+LISTED_FILES = 8  # 一组近似重复的图，说明里最多列出这么多个文件名
 
 
 @dataclass
@@ -59,23 +65,31 @@ class DatasetReport:
 
 
 def _dhash(image: Image.Image) -> np.ndarray:
-    """差值哈希：缩成 (HASH_SIZE+1)×HASH_SIZE 的灰度图，比较左右相邻像素的明暗，得到 256 位指纹。"""
+    """差值哈希：缩成 (HASH_SIZE+1)×HASH_SIZE 的灰度图，比较左右相邻像素的明暗（右边亮出 HASH_MARGIN 以上记 1），
+    得到 256 位指纹。它只看明暗结构，不看颜色：形状相同的红苹果和猕猴桃指纹几乎一样，所以还要比颜色签名。"""
     small = np.asarray(image.convert("L").resize((HASH_SIZE + 1, HASH_SIZE), Image.Resampling.BILINEAR), dtype=np.int16)
-    return np.packbits((small[:, 1:] > small[:, :-1]).ravel())
+    return np.packbits((small[:, 1:] > small[:, :-1] + HASH_MARGIN).ravel())
+
+
+def _colour_signature(image: Image.Image) -> np.ndarray:
+    """颜色签名：COLOUR_CELLS×COLOUR_CELLS 个格子的平均颜色，形状 (格子数, 3)，取值 0–255。
+    重新压缩、缩放过的副本每格只差几个色阶；同样形状、颜色不同的水果在果实所在的格子里差几十上百。"""
+    cells = image.convert("RGB").resize((COLOUR_CELLS, COLOUR_CELLS), Image.Resampling.BOX)
+    return np.asarray(cells, dtype=np.float32).reshape(-1, 3)
 
 
 def _inspect(path: Path) -> dict:
     """读一张图片的全部信息；出任何读图错误都记下来，而不是抛出。"""
     data = path.read_bytes()
     row = {"字节": len(data), "sha256": hashlib.sha256(data).hexdigest(), "宽": None, "高": None,
-           "模式": None, "格式": None, "dhash": None, "错误": None, "读取警告": None}
+           "模式": None, "格式": None, "dhash": None, "颜色": None, "错误": None, "读取警告": None}
     with warnings.catch_warnings(record=True) as caught:  # 记录而不是屏蔽：写进报告
         warnings.simplefilter("always")
         try:
             with Image.open(io.BytesIO(data)) as image:
                 row.update(宽=image.width, 高=image.height, 模式=image.mode, 格式=image.format)
                 image.load()  # 完整解码一次，才能发现被截断的文件
-                row["dhash"] = _dhash(image)
+                row["dhash"], row["颜色"] = _dhash(image), _colour_signature(image)
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
             kind = "图片被截断" if "truncated" in str(exc) else "无法读取"
             row["错误"] = (kind, f"{type(exc).__name__}: {str(exc)[:120]}")
@@ -101,7 +115,7 @@ def _scan(root: Path, show_progress: bool | None):
     show = len(files) > 200 if show_progress is None else show_progress
     for split, name, path in progress_bar(files, desc="检查图片", disable=not show):
         rows.append({"划分": split, "类别": name, "文件": path.relative_to(root).as_posix(), **_inspect(path)})
-    columns = ["划分", "类别", "文件", "字节", "sha256", "宽", "高", "模式", "格式", "dhash", "错误", "读取警告"]
+    columns = ["划分", "类别", "文件", "字节", "sha256", "宽", "高", "模式", "格式", "dhash", "颜色", "错误", "读取警告"]
     table = pd.DataFrame(rows, columns=columns)
     table[["宽", "高"]] = table[["宽", "高"]].astype("Int64")  # 读不出的图片没有尺寸，其余是整数
     return table, others
@@ -190,27 +204,75 @@ def _close_pairs(a: np.ndarray, b: np.ndarray, max_distance: int, same: bool):
                 yield start + i, j, int(distance[i, j])
 
 
-def _near_duplicate_problems(images, max_distance: int) -> list[dict]:
-    """指纹相近（汉明距离 ≤ max_distance 位）但文件不同的图片对：train/ 与 val/ 之间，以及 train/ 内部。"""
-    readable = images[images["dhash"].notna()]
-    train, val = readable[readable["划分"] == "train"], readable[readable["划分"] == "val"]
-    if train.empty:
+def _colour_distance(a: np.ndarray, b: np.ndarray, gray: bool = False) -> float:
+    """两个颜色签名最不一样的那个格子差多少（RGB 空间里的欧氏距离，0–441）；
+    gray=True（有一张是灰度图）时只比每格的亮度（0–255）。"""
+    if gray:
+        luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return float(np.abs(a @ luma - b @ luma).max())
+    return float(np.sqrt(((a - b) ** 2).sum(-1)).max())
+
+
+def _look_alike_groups(pairs: list[tuple[int, int]], count: int) -> list[list[int]]:
+    """把“两两相像”的图连成组（图的连通分量）：a 像 b、b 像 c，a、b、c 就是一组。组内按序号排好。"""
+    parent = list(range(count))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs:
+        parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in sorted({k for pair in pairs for k in pair}):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values())
+
+
+def _near_duplicate_problems(images, max_distance: int, max_colour: float) -> list[dict]:
+    """明暗指纹相近（汉明距离 ≤ max_distance 位）而且颜色签名相近（≤ max_colour）、文件又不完全相同的图：
+    只看 train/ 与 val/ 之间、以及 train/ 内部的图对；彼此相像的图连成一组，每组报告一行。"""
+    readable = images[images["dhash"].notna()].reset_index(drop=True)
+    is_train = (readable["划分"] == "train").to_numpy()
+    train_index, val_index = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+    if not len(train_index):
         return []
-    a = np.stack(train["dhash"].to_list())
-    checks = [("跨划分近似重复（泄漏）", val, False, "同一张图的副本一边在训练集、一边在测试集，测试成绩会虚高。"),
-              ("train/ 内近似重复（泄漏到验证集）", train, True, LEAK_TO_VALIDATION)]
-    found = []
-    for problem, other, same, why in checks:
-        if other.empty:
+    hashes = np.stack(readable["dhash"].to_list())
+    colours, gray = readable["颜色"].to_list(), readable["模式"].isin(GRAY_MODES).to_numpy()
+    sha = readable["sha256"].to_numpy()
+    pairs, bits = [], {}
+    for other, same in ((val_index, False), (train_index, True)):
+        if not len(other):
             continue
-        for i, j, bits in _close_pairs(a, np.stack(other["dhash"].to_list()), max_distance, same):
-            t, v = train.iloc[i], other.iloc[j]
-            if t["sha256"] == v["sha256"]:
+        for i, j, distance in _close_pairs(hashes[train_index], hashes[other], max_distance, same):
+            a, b = int(train_index[i]), int(other[j])
+            if sha[a] == sha[b]:
                 continue  # 完全相同的已经报告过
-            found.append({"级别": "警告", "问题": problem, "划分": "、".join(sorted({"train", v["划分"]})),
-                          "类别": "、".join(sorted({t["类别"], v["类别"]})), "文件": t["文件"],
-                          "说明": f"与 {v['文件']} 几乎一样（指纹相差 {bits} / {HASH_SIZE * HASH_SIZE} 位），"
-                                  f"可能是同一张图缩放或重新压缩后的副本。{why}"})
+            if _colour_distance(colours[a], colours[b], gray[a] or gray[b]) > max_colour:
+                continue  # 明暗结构一样、颜色不一样：形状相同的不同水果，不是副本
+            pairs.append((a, b))
+            bits[a] = max(bits.get(a, 0), distance)
+            bits[b] = max(bits.get(b, 0), distance)
+    found = []
+    for group in _look_alike_groups(pairs, len(readable)):
+        members = readable.iloc[group]
+        files = sorted(members["文件"])
+        splits = sorted(members["划分"].unique())
+        if "val" in splits:
+            problem = "跨划分近似重复（泄漏）"
+            why = "同一张图的副本一边在训练集、一边在测试集，测试成绩会虚高。"
+        else:
+            problem, why = "train/ 内近似重复（泄漏到验证集）", LEAK_TO_VALIDATION
+        listed = "、".join(files[:LISTED_FILES]) + ("……" if len(files) > LISTED_FILES else "")
+        found.append({
+            "级别": "警告", "问题": problem, "划分": "、".join(splits), "类别": "、".join(sorted(members["类别"].unique())),
+            "文件": next(f for f in files if f.startswith("train/")),
+            "说明": f"这一组 {len(files)} 张图几乎一样（明暗指纹最多相差 {max(bits[k] for k in group)} / "
+                    f"{HASH_SIZE * HASH_SIZE} 位，颜色也相近）：{listed}。可能是同一张图缩放或重新压缩后的副本。"
+                    f"{why}每组只留一张，或者确认它们确实是不同的照片。",
+        })
     return found
 
 
@@ -228,14 +290,16 @@ def _summary(images, problems, counts) -> str:
 
 
 def check_dataset(root, *, min_size: int = 32, imbalance_ratio: float = 3.0, near_duplicate_bits: int = 12,
-                  show_progress: bool | None = None) -> DatasetReport:
+                  near_duplicate_colour: float = 20, show_progress: bool | None = None) -> DatasetReport:
     """检查 ``root/train`` 与 ``root/val`` 两个划分里的全部图片，返回 DatasetReport。
 
     参数：
         min_size：短边小于这个像素数算“图片太小”。
         imbalance_ratio：同一划分里最多与最少的类别张数之比超过它，算“类别不均衡”。
-        near_duplicate_bits：两张图（train 与 val 之间，或都在 train 里）的指纹（256 位）相差不超过这么多位，
-            算“近似重复”。
+        near_duplicate_bits：两张图（train 与 val 之间，或都在 train 里）的明暗指纹（256 位）相差不超过这么多位，
+            而且颜色签名相差不超过 near_duplicate_colour，才算“近似重复”；彼此相像的图合成一组，每组报告一行。
+        near_duplicate_colour：颜色签名（4×4 格的平均颜色）里最不一样的格子允许差多少（RGB 欧氏距离，0–441）。
+            重新压缩、缩放过的副本一般不到 10；颜色不同的水果（红苹果和猕猴桃）差 60 以上。
         show_progress：是否显示进度条；None 表示图片多于 200 张时显示。
     """
     import pandas as pd
@@ -249,7 +313,7 @@ def check_dataset(root, *, min_size: int = 32, imbalance_ratio: float = 3.0, nea
     for split in SPLITS:
         counts["_has_" + split] = [name in classes[split] for name in counts.index]
     rows = _file_problems(images, min_size) + _class_problems(counts, imbalance_ratio)
-    rows += _duplicate_problems(images) + _near_duplicate_problems(images, near_duplicate_bits)
+    rows += _duplicate_problems(images) + _near_duplicate_problems(images, near_duplicate_bits, near_duplicate_colour)
     rows += [{"级别": "提示", "问题": "不是图片", "划分": s, "类别": n, "文件": p.relative_to(root).as_posix(),
               "说明": "扩展名不是常见图片格式，训练时会被忽略。"} for s, n, p in others]
     problems = pd.DataFrame(rows, columns=PROBLEM_COLUMNS)

@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import re
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from .progress import HEADLESS_ENV_VAR
 __all__: list[str] = []  # 命令行 python -m course_utils run 用
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
+INTERRUPT_GRACE_SECONDS = 5  # Ctrl+C 之后给正在执行的单元格多少秒停下来，过了就直接结束内核
 
 
 class NotebookFailed(RuntimeError):
@@ -31,11 +35,16 @@ class NotebookFailed(RuntimeError):
     completed（出错之前已经通过的笔记本结果）、seconds（出错前执行了多久）、interrupted（是否是中断）。
     """
 
-    def __init__(self, notebook: Path, cell: int | None, error: str, output: Path, interrupted: bool = False):
+    def __init__(self, notebook: Path, cell: int | None, error: str, output: Path, interrupted: bool = False,
+                 started: bool = True):
         self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
         self.completed: list[NotebookResult] = []
         self.seconds: float | None = None
         self.interrupted = interrupted
+        if interrupted and not started:
+            what = f"在开始执行笔记本 {notebook.name} 之前被中断（Ctrl+C）。之前通过的笔记本都已保存，重新运行会从头执行。"
+            super().__init__(what)
+            return
         if interrupted:
             what = f"笔记本 {notebook.name} 执行到一半被中断（Ctrl+C）。之前通过的笔记本都已保存，重新运行会从头执行。"
         else:
@@ -83,25 +92,161 @@ def run_notebooks(
     parameters: dict | None = None,
     notebooks_dir: Path | None = None,
 ) -> list[NotebookResult]:
-    """依次执行笔记本，返回每个笔记本的结果；出错时抛出 NotebookFailed。"""
+    """依次执行笔记本，返回每个笔记本的结果；出错或按了 Ctrl+C 时抛出 NotebookFailed。"""
     profile = resolve_profile(profile)
     notebooks_dir = Path(notebooks_dir or paths.NOTEBOOKS_DIR).resolve()
     out_dir = paths.output_dir(profile, "notebooks")
     os.environ["COURSE_PROFILE"] = profile
     results = []
-    for notebook, output in _planned_runs(notebooks_dir, out_dir, only):
-        name = output.relative_to(out_dir).as_posix()
-        print(f"▶ {name}（档位 {profile}）", flush=True)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        try:
-            execute_notebook(notebook, output, {"PROFILE": profile, **(parameters or {})}, progress_bar=True)
-        except (Exception, KeyboardInterrupt) as exc:  # 单元格出错、内核起不来、超时、按了 Ctrl+C：都指名道姓地报告
-            failed = _describe_failure(notebook, output, exc)
-            failed.completed, failed.seconds = results, time.perf_counter() - start
-            raise failed from exc
-        results.append(NotebookResult(name, time.perf_counter() - start, "通过"))
+    with ctrl_c_guard() as ctrl_c:
+        for notebook, output in _planned_runs(notebooks_dir, out_dir, only):
+            if ctrl_c.pressed.is_set():  # 两个笔记本之间按下的
+                failed = NotebookFailed(notebook, None, "KeyboardInterrupt", output, interrupted=True, started=False)
+                failed.completed, failed.seconds = results, 0.0
+                raise failed
+            name = output.relative_to(out_dir).as_posix()
+            print(f"▶ {name}（档位 {profile}）", flush=True)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            error = _execute_watched(notebook, output, {"PROFILE": profile, **(parameters or {})}, ctrl_c)
+            if ctrl_c.pressed.is_set() or error is not None:  # 按了 Ctrl+C、单元格出错、内核起不来、超时
+                failed = (NotebookFailed(notebook, None, "KeyboardInterrupt", output, interrupted=True)
+                          if ctrl_c.pressed.is_set() else _describe_failure(notebook, output, error))
+                failed.completed, failed.seconds = results, time.perf_counter() - start
+                raise failed from error
+            results.append(NotebookResult(name, time.perf_counter() - start, "通过"))
     return results
+
+
+class CtrlC:
+    """runner 执行期间的 Ctrl+C（SIGINT）：信号处理函数只记下“按过了”和按了几次，不在任意位置抛出
+    KeyboardInterrupt。
+
+    为什么：papermill 在主线程里跑 asyncio 事件循环，KeyboardInterrupt 落在内核启动、
+    清理或垃圾回收的半途中时，会被吞掉（运行照常结束，退出码 0）或留下没人接的任务报错。
+    现在 papermill 在工作线程里执行（见 ``_execute_watched``），主线程只等待并检查这个标记，
+    看到标记就停掉内核，由 ``run_notebooks`` 报告“中断”。
+    """
+
+    def __init__(self):
+        self.pressed = threading.Event()
+        self.count = 0
+
+    def handle(self, signum, frame) -> None:
+        self.count += 1
+        self.pressed.set()
+
+
+_ACTIVE_GUARD: CtrlC | None = None
+
+
+@contextmanager
+def ctrl_c_guard():
+    """在主线程里装上 CtrlC 的信号处理函数，结束时恢复原来的；已经装过（嵌套）时沿用外层的。
+
+    不在主线程里（Python 只允许主线程设置信号处理函数）时产出 None：照旧直接执行。
+    """
+    global _ACTIVE_GUARD
+    if _ACTIVE_GUARD is not None:
+        yield _ACTIVE_GUARD
+        return
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    guard = CtrlC()
+    previous = signal.signal(signal.SIGINT, guard.handle)
+    _ACTIVE_GUARD = guard
+    try:
+        yield guard
+    finally:
+        _ACTIVE_GUARD = None
+        signal.signal(signal.SIGINT, previous)
+
+
+def _execute_watched(notebook: Path, output: Path, parameters: dict, ctrl_c: CtrlC | None) -> BaseException | None:
+    """执行一个笔记本，返回出错时的异常（成功时 None）。
+
+    有 ctrl_c 时 papermill 在工作线程里执行（那里 nbclient 也不会装自己的 SIGINT 处理函数），
+    主线程每 0.1 秒看一眼：按了 Ctrl+C 就停掉这个笔记本的内核，等工作线程收尾（保存执行到一半的副本）。
+    """
+    if ctrl_c is None:
+        try:
+            execute_notebook(notebook, output, parameters, progress_bar=True)
+        except (Exception, KeyboardInterrupt) as exc:
+            return exc
+        return None
+    kernels: list = []  # papermill 为这个笔记本创建的内核管理器
+    ready = threading.Event()  # 内核已启动、回复了 kernel_info，开始执行单元格
+    outcome: dict = {}
+
+    def work():
+        try:
+            execute_notebook(notebook, output, parameters, progress_bar=True,
+                             kernel_manager_class=_recording_kernel_manager(kernels),
+                             on_notebook_start=lambda **_: ready.set())
+        except BaseException as exc:  # 交给主线程报告
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"papermill {notebook.name}", daemon=True)
+    worker.start()
+    while worker.is_alive() and not ctrl_c.pressed.is_set():
+        worker.join(0.1)
+    if worker.is_alive():
+        _stop_kernels(worker, kernels, ready, ctrl_c, notebook.name)
+    return outcome.get("error")
+
+
+def _recording_kernel_manager(kernels: list):
+    """一个把自己记进 kernels 的 AsyncKernelManager 子类（nbclient 的 kernel_manager_class）。"""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RecordingKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            kernels.append(self)
+
+    return RecordingKernelManager
+
+
+def _stop_kernels(worker: threading.Thread, kernels: list, ready: threading.Event, ctrl_c: CtrlC, name: str) -> None:
+    """按了 Ctrl+C 之后：让正在执行的单元格停下（向内核发 SIGINT，和 JupyterLab 的“中断”一样）；
+    内核还在启动（这时它不理会 SIGINT）、INTERRUPT_GRACE_SECONDS 秒后还没停、或者又按了一次 Ctrl+C，
+    就直接结束内核进程组。一直到 papermill 收尾（保存执行到一半的副本）为止。"""
+    print(f"\n收到 Ctrl+C：正在停止 {name}……（再按一次 Ctrl+C 立即结束内核）", flush=True)
+    papermill_log = logging.getLogger("papermill")
+    level = papermill_log.level
+    papermill_log.setLevel(logging.CRITICAL)  # 内核是我们停掉的，不需要 papermill 再报一遍“内核死了”
+    first = time.monotonic()
+    last_interrupt = 0.0
+    try:
+        while worker.is_alive():
+            now = time.monotonic()
+            force = not ready.is_set() or ctrl_c.count > 1 or now - first > INTERRUPT_GRACE_SECONDS
+            for manager in list(kernels):
+                process = getattr(getattr(manager, "provisioner", None), "process", None)
+                if process is None or process.poll() is not None:
+                    continue
+                if force:
+                    _signal_kernel(process, interrupt=False)
+                elif now - last_interrupt >= 1:  # 内核在两个单元格之间时会忽略 SIGINT：每秒再发一次
+                    _signal_kernel(process, interrupt=True)
+                    last_interrupt = now
+            worker.join(0.1)
+    finally:
+        papermill_log.setLevel(level)
+
+
+def _signal_kernel(process, interrupt: bool) -> None:
+    """中断（SIGINT）或结束（SIGKILL）内核的整个进程组（jupyter_client 让内核自成一个会话，
+    DataLoader 之类的子进程也在里面）；Windows 上不能发 SIGINT，只能结束进程。"""
+    try:
+        if os.name != "posix":
+            if not interrupt:
+                process.kill()
+            return
+        os.killpg(os.getpgid(process.pid), signal.SIGINT if interrupt else signal.SIGKILL)
+    except OSError:  # 进程刚好自己退出了
+        pass
 
 
 @contextmanager
@@ -119,15 +264,17 @@ def headless_children():
             os.environ[HEADLESS_ENV_VAR] = old
 
 
-def execute_notebook(notebook: Path, output: Path, parameters: dict, *, progress_bar: bool) -> None:
+def execute_notebook(notebook: Path, output: Path, parameters: dict, *, progress_bar: bool, **client_options) -> None:
     """用 papermill 无人值守地执行一个笔记本（runner 和 06 的策略对比共用）：工作目录是笔记本所在的文件夹，
-    内核 python3，内核日志不刷屏（出错时的中断日志也不要），子内核用文字进度条。"""
+    内核 python3，内核日志不刷屏（出错时的中断日志也不要），子内核用文字进度条。
+    client_options 原样传给 nbclient 的 NotebookClient（runner 用它记下内核、知道内核何时就绪）。"""
     import papermill as pm
 
     with headless_children():
         pm.execute_notebook(
             str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
             kernel_name="python3", progress_bar=progress_bar, extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            **client_options,
         )
 
 
@@ -141,7 +288,7 @@ def _planned_runs(notebooks_dir: Path, out_dir: Path, only: list[str] | None) ->
     return [(p, out_dir / p.name) for p in core] + [(p, out_dir / "solutions" / p.name) for p in solutions]
 
 
-def _describe_failure(notebook: Path, output: Path, exc: Exception) -> NotebookFailed:
+def _describe_failure(notebook: Path, output: Path, exc: BaseException) -> NotebookFailed:
     """把 papermill 的异常整理成 NotebookFailed（带上出错的单元格序号）。"""
     from papermill.exceptions import PapermillExecutionError
 
@@ -184,22 +331,31 @@ def format_summary(results: list[NotebookResult], failed: NotebookFailed | None 
 
 
 def main(args) -> int:
-    """``python -m course_utils run`` 的入口；返回进程退出码。"""
+    """``python -m course_utils run`` 的入口；返回进程退出码（中断时 130）。"""
     profile = resolve_profile(args.profile)
     results: list[NotebookResult] = []
-    try:
-        results = run_notebooks(profile, args.only, parse_parameters(args.param), args.notebooks_dir)
-    except NotebookFailed as failed:
-        print(format_summary(failed.completed, failed))
-        print(f"\n[{'中断' if failed.interrupted else '失败'}] {failed}")
-        return 130 if failed.interrupted else 1
-    print(format_summary(results))
-    print(f"\n执行过的笔记本在 {paths.output_dir(profile, 'notebooks')}")
+    with ctrl_c_guard() as ctrl_c:
+        try:
+            results = run_notebooks(profile, args.only, parse_parameters(args.param), args.notebooks_dir)
+        except NotebookFailed as failed:
+            print(format_summary(failed.completed, failed))
+            print(f"\n[{'中断' if failed.interrupted else '失败'}] {failed}")
+            return 130 if failed.interrupted else 1
+        print(format_summary(results))
+        print(f"\n执行过的笔记本在 {paths.output_dir(profile, 'notebooks')}")
+        if ctrl_c is not None and ctrl_c.pressed.is_set():  # 最后一个笔记本刚执行完时按下的
+            print(f"\n[中断] 全部笔记本都已执行完，讲义没有生成（Ctrl+C）。需要时运行 "
+                  f"python -m course_utils handouts --profile {profile}。")
+            return 130
     if getattr(args, "no_handouts", False):
         return 0
     from .handouts import build_handouts
 
-    for student in (False, True):  # 教师版和学生版（不含参考答案）
-        print(f"讲义已生成：{build_handouts(profile, student=student)}")
+    try:
+        for student in (False, True):  # 教师版和学生版（不含参考答案）
+            print(f"讲义已生成：{build_handouts(profile, student=student)}")
+    except KeyboardInterrupt:
+        print(f"\n[中断] 讲义生成到一半被中断（Ctrl+C）。笔记本都已执行完，之后运行 "
+              f"python -m course_utils handouts --profile {profile} 重新生成。")
+        return 130
     return 0
-

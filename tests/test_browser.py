@@ -1,13 +1,18 @@
 """真实浏览器打开讲义：无头 Chromium（Debian 的 chromium 包），断网、全新的用户目录。
 
 通过 Chrome DevTools 协议（websocket-client）驱动，不需要另外下载浏览器。检查：页面能打开、
-课程字体真的加载并用来显示中文、图片都显示出来、截图不是一片空白、页面没有访问任何网络地址。
+课程字体真的加载并用来显示中文、图片都显示出来、截图不是一片空白、公式由嵌在页面里的 MathJax 画出来、
+页面没有访问任何网络地址。
+
+找浏览器的顺序：环境变量 COURSE_BROWSER（Chrome、Edge 或 Chromium 的程序路径，Windows、macOS 上用它），
+然后是 PATH 里的 chromium、chromium-browser。Debian / Ubuntu 上 ``make test`` 会先装好 chromium（``make browser``）。
 """
 
 import base64
 import io
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -22,6 +27,7 @@ from PIL import Image
 from course_utils.handouts import HANDOUT_FONT_FAMILY, build_handouts
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
+BROWSER_ENV_VAR = "COURSE_BROWSER"  # 浏览器程序的路径（Chrome、Edge、Chromium 都行）
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -65,13 +71,27 @@ class DevTools:
         return result["result"]["value"]
 
 
+def _browser_executable() -> str:
+    """COURSE_BROWSER 指定的浏览器，否则 PATH 里的 chromium / chromium-browser；都没有时测试失败并说明怎么办。"""
+    chosen = os.environ.get(BROWSER_ENV_VAR)
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            pytest.fail(f"环境变量 {BROWSER_ENV_VAR}={chosen!r} 指向的浏览器不存在或不能执行。"
+                        "把它改成 Chrome、Edge 或 Chromium 的程序路径，或者删掉这个环境变量。")
+        return found
+    found = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
+    if found is None:
+        pytest.fail("没有找到 Chromium。Debian / Ubuntu 上运行 make test 会自动安装（make browser），"
+                    "也可以执行 apt-get update && apt-get install -y --no-install-recommends chromium；"
+                    f"Windows、macOS 上把环境变量 {BROWSER_ENV_VAR} 设成 Chrome 或 Edge 的程序路径。")
+    return found
+
+
 @pytest.fixture
 def chromium(tmp_path):
     """启动 Chromium 并连上它打开的第一个标签页；测试结束时关掉浏览器。"""
-    executable = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
-    if executable is None:
-        pytest.fail("没有找到 Chromium。运行 .ci/run（会自动安装），或执行 "
-                    "apt-get update && apt-get install -y --no-install-recommends chromium")
+    executable = _browser_executable()
     profile = tmp_path / "chromium-profile"
     process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -145,6 +165,35 @@ def test_handout_opens_in_chromium_with_the_course_font_and_images(chromium, tmp
     pixels = _screenshot(chromium)
     assert pixels.std() > 20, "截图几乎是一片空白"
     assert (pixels < 128).mean() > 0.01  # 有足够多的深色像素（文字、图）
+
+    requested = [e["params"]["request"]["url"] for e in chromium.events
+                 if e.get("method") == "Network.requestWillBeSent"]
+    assert requested and all(url.startswith(("file:", "data:")) for url in requested), requested
+
+
+def test_formulas_render_offline_with_the_embedded_mathjax(chromium, tmp_path):
+    source = tmp_path / "notebooks"
+    write_executed_notebook(source / "02_math.ipynb", title="02 公式", math=True)
+    index = build_handouts("smoke", source_dir=source, out_dir=tmp_path / "handouts")
+    for domain in ("Page", "Network", "Runtime"):
+        chromium.send(f"{domain}.enable")
+
+    _open(chromium, (index.parent / "02_math.html").as_uri())
+    math = chromium.evaluate("""(async () => {
+        await MathJax.startup.promise;  // 等 MathJax 排版完
+        const box = [...document.querySelectorAll("mjx-container svg")].map(svg => svg.getBoundingClientRect());
+        return {
+            version: MathJax.version,
+            containers: document.querySelectorAll("mjx-container").length,
+            sizes: box.map(b => [b.width, b.height]),
+            errors: document.querySelectorAll("mjx-merror, [data-mjx-error]").length,
+            text: document.body.innerText,
+        };
+    })()""")
+    assert math["version"].startswith("3.")
+    assert math["containers"] == 1 and math["errors"] == 0, math
+    assert all(width > 20 and height > 10 for width, height in math["sizes"]), math["sizes"]  # 真的画出了东西
+    assert "\\frac" not in math["text"] and "$" not in math["text"], math["text"]  # 原始的 TeX 不见了
 
     requested = [e["params"]["request"]["url"] for e in chromium.events
                  if e.get("method") == "Network.requestWillBeSent"]

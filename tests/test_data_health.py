@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import course_utils as cu
+from course_utils import health
 
 
 def _fruit(name, i, size=64):
@@ -138,3 +139,97 @@ def test_duplicates_inside_train_are_leakage_into_validation(tmp_path):
     assert list(near["文件"]) == ["train/香蕉/0001.jpg"] and "train/香蕉/near.jpg" in near.iloc[0]["说明"]
     in_val = _found(report, "val/ 内重复")
     assert len(in_val) == 1 and in_val.iloc[0]["级别"] == "提示"
+
+
+# ---------------------------------------------------------------- 近似重复：颜色、副本、分组
+
+CLIPART_COLOURS = {"苹果-红": (200, 30, 35), "猕猴桃": (120, 95, 50), "脐橙": (235, 140, 30),
+                   "柠檬": (240, 220, 60), "苹果-青": (140, 200, 60)}
+
+
+def _clipart(colour, rng, size=96):
+    """剪贴画式的水果：纯色背景上一个纯色的圆，不同水果只是颜色不同（明暗指纹几乎一样）。"""
+    image = Image.new("RGB", (size, size), (250, 250, 250))
+    r = size * rng.uniform(0.28, 0.34)
+    cx, cy = size / 2 + rng.uniform(-3, 3), size / 2 + rng.uniform(-3, 3)
+    fill = tuple(int(c + rng.uniform(-15, 15)) for c in colour)
+    ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    return image
+
+
+def _bits(a, b):
+    return int(np.bitwise_count(health._dhash(a) ^ health._dhash(b)).sum())
+
+
+def _near(report):
+    return report.problems[report.problems["问题"].str.contains("近似重复")]
+
+
+def _clipart_root(root, per_class=9, total=43, val_every=4):
+    """issue 里那样的 43 张图：5 种颜色、同一个形状；每 val_every 张放一张进 val/。"""
+    rng = np.random.default_rng(7)
+    jobs = [(name, colour) for name, colour in CLIPART_COLOURS.items() for _ in range(per_class)][:total]
+    for k, (name, colour) in enumerate(jobs):
+        split = "val" if k % val_every == 0 else "train"
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        _clipart(colour, rng).save(root / split / name / f"{k:02d}.png")
+    return root
+
+
+def test_same_shape_different_colour_is_not_a_near_duplicate(tmp_path):
+    rng = np.random.default_rng(1)
+    apple, kiwi = _clipart(CLIPART_COLOURS["苹果-红"], rng), _clipart(CLIPART_COLOURS["猕猴桃"], rng)
+    assert _bits(apple, kiwi) <= 12  # 只看明暗指纹，它们就是“近似重复”（修改前的误报）
+    for split, name, image in (("train", "苹果-红", apple), ("val", "猕猴桃", kiwi)):
+        (tmp_path / split / name).mkdir(parents=True)
+        image.save(tmp_path / split / name / "0.png")
+    assert _near(cu.check_dataset(tmp_path)).empty
+
+
+def test_colour_only_dataset_gives_one_group_per_colour_at_most(tmp_path):
+    report = cu.check_dataset(_clipart_root(tmp_path))
+    near = _near(report)
+    assert len(near) <= len(CLIPART_COLOURS), near.to_string()
+    assert all("、" not in classes for classes in near["类别"]), near.to_string()  # 没有一组混着两种水果
+
+
+@pytest.mark.parametrize("copy", ["重新压缩", "缩小", "放大后重新压缩", "灰度"])
+def test_re_encoded_or_resized_copies_are_still_near_duplicates(tmp_path, copy):
+    """演示数据那样背景平坦、带噪声的图：相邻像素几乎一样亮，指纹不能被噪声打乱。"""
+    originals = [cu.draw_fruit_image(name, 112, np.random.default_rng([2, k]))
+                 for k, name in enumerate(["苹果-红", "香蕉", "猕猴桃", "西瓜", "柠檬", "葡萄-红"])]
+    for k, image in enumerate(originals):
+        (tmp_path / "train" / "水果").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "val" / "水果").mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "train" / "水果" / f"{k}.png")
+        changed = {"重新压缩": image, "缩小": image.resize((64, 64), Image.Resampling.LANCZOS),
+                   "放大后重新压缩": image.resize((224, 224), Image.Resampling.BICUBIC), "灰度": image.convert("L")}[copy]
+        changed.save(tmp_path / "val" / "水果" / f"copy{k}.jpg", quality=60)
+    near = _near(cu.check_dataset(tmp_path))
+    assert len(near) == len(originals), near.to_string()
+    assert set(near["问题"]) == {"跨划分近似重复（泄漏）"}
+    assert all(f"copy{k}.jpg" in text for k, text in zip(range(len(originals)), near.sort_values("文件")["说明"]))
+
+
+def test_hundred_look_alikes_are_reported_as_a_few_groups_with_counts(tmp_path):
+    """两张照片各有 50 个略有不同的副本（亮度噪声、重新压缩），散在 train/ 和 val/ 里：
+    两两相像的有两千多对，报告却只有两行，每行写明这一组有多少张。"""
+    for k, name in enumerate(["香蕉", "西瓜"]):
+        base = np.asarray(cu.draw_fruit_image(name, 96, np.random.default_rng([3, k])), dtype=np.float32)
+        rng = np.random.default_rng(k)
+        for i in range(50):
+            split = "val" if i % 5 == 0 else "train"
+            (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+            pixels = np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / split / name / f"{i:02d}.jpg", quality=int(rng.integers(70, 95)))
+    near = _near(cu.check_dataset(tmp_path))
+    assert len(near) == 2, near.to_string()
+    assert all("这一组 50 张图几乎一样" in text for text in near["说明"])
+    assert set(near["问题"]) == {"跨划分近似重复（泄漏）"} and set(near["类别"]) == {"香蕉", "西瓜"}
+
+
+def test_demo_dataset_has_no_near_duplicates(tmp_path):
+    """演示数据每张图都是单独画的：不该有近似重复的警告（颜色和明暗都要相近才算）。"""
+    root = cu.generate_demo_dataset(tmp_path / "d", classes=list(cu.DEMO_FRUITS), train_per_class=10,
+                                    test_per_class=4, image_size=64, seed=11)
+    assert _near(cu.check_dataset(root)).empty

@@ -178,16 +178,35 @@ def test_random_weights_banner_on_the_index_and_on_pages_that_use_trained_models
     assert banner not in smoke.read_text(encoding="utf-8")  # smoke 档位本来就不用预训练权重
 
 
-def test_pages_load_nothing_from_the_network_unless_they_need_math(tmp_path):
+def test_pages_load_nothing_from_the_network_and_only_math_pages_carry_mathjax(tmp_path):
     source = tmp_path / "notebooks"
     write_executed_notebook(source / "01_plain.ipynb")
     write_executed_notebook(source / "02_math.ipynb", math=True)
     index = build_handouts("smoke", source_dir=source, out_dir=tmp_path / "out")
     plain = (index.parent / "01_plain.html").read_text(encoding="utf-8")
-    assert not re.search(r'<(script|link)[^>]+(src|href)="https?:', plain)
-    assert re.search(r'<img alt="代码单元格输出的图"[^>]* src="data:image/png;base64,', plain)  # 图片嵌在页面里
     math = (index.parent / "02_math.html").read_text(encoding="utf-8")
-    assert re.search(r'<script src="https://[^"]*mathjax', math)  # 有公式时才加载 MathJax
+    for page in (plain, math):
+        assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', page)  # 什么都不从网上加载
+    assert re.search(r'<img alt="代码单元格输出的图"[^>]* src="data:image/png;base64,', plain)  # 图片嵌在页面里
+    assert "window.MathJax" not in plain and len(plain) < 1_000_000  # 没有公式的页面不带 2 MB 的 MathJax
+    assert "window.MathJax = {" in math and "MathJax.startup" in math  # MathJax 3 整个嵌在页面里
+    assert r"$\mathrm{acc} = \frac{正确}{总数}$" in visible_text(math)  # 公式的 TeX 原样交给 MathJax
+    cmap = embedded_font(math).getBestCmap()
+    assert all(ord(ch) in cmap for ch in "正确总数")  # 公式里的中文也由嵌入的字体显示（MathJax 设置里指定了它）
+
+
+def test_math_page_without_the_mathjax_package_is_a_chinese_error(tmp_path, monkeypatch):
+    import course_utils.handouts as handouts
+
+    source = tmp_path / "notebooks"
+    write_executed_notebook(source / "02_math.ipynb", math=True)
+    monkeypatch.setattr(handouts, "MATHJAX_FILE", "static/mathjax/es5/no-such-file.js")
+    handouts._mathjax_html.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match="django-static-mathjax.*pip install -r requirements.txt"):
+            build_handouts("smoke", source_dir=source, out_dir=tmp_path / "out")
+    finally:
+        handouts._mathjax_html.cache_clear()
 
 
 def test_missing_executed_notebooks_is_a_chinese_error_with_the_command(tmp_path):
