@@ -8,7 +8,7 @@
 - 无人值守执行留下的进度条中间帧（``\\r``）被合并掉，只留最后一帧；只含进度条的 stderr 输出
   按普通文字显示（不是出错的粉色底）；输出里本机的仓库路径写成相对路径，家目录写成 ``~``；
 - ``index.html`` 按编号列出课程各节，再列出“附：训练记录”（06 用 papermill 执行 04 的副本，
-  见 ``compare.RECORD_METADATA_KEY``）和参考答案；
+  见 ``paths.RECORD_METADATA_KEY``）和参考答案；
 - 这次运行的 freeze / finetune 没有用上预训练权重时（smoke 档位除外），目录页和用到训练结果的页面
   顶部有一条醒目的提示：这些数字不能说明迁移学习的效果；
 - 学生版（``student=True``，写到 ``handouts/student/``）去掉参考答案：打了 ``solution`` 标签的
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import paths
 from .config import resolve_profile
-from .runner import NOTEBOOK_PATTERN
+from .paths import NOTEBOOK_PATTERN, RECORD_METADATA_KEY
 
 __all__: list[str] = []  # 命令行 python -m course_utils handouts 用
 
@@ -138,9 +138,8 @@ def _page_kind(path: Path, nb, lesson_stems: set[str]) -> str:
     """参考答案、训练记录、选学（编号 10 起），还是核心课程的一节。
 
     训练记录是 06 用 papermill 执行 04 得到的副本（``04_train_<策略>.ipynb``）：副本里有
-    ``compare.RECORD_METADATA_KEY`` 标记；没有标记的旧副本按文件名认（某一节的文件名加 “_后缀”）。
+    ``paths.RECORD_METADATA_KEY`` 标记；没有标记的旧副本按文件名认（某一节的文件名加 “_后缀”）。
     """
-    from .compare import RECORD_METADATA_KEY
 
     if path.parent.name == "solutions":
         return "solution"
@@ -369,8 +368,7 @@ li p, p.intro {{ margin: 0.2em 0 0; font-size: 0.9em; color: #555; }}
 
 def _weights_banner(profile: str, metrics_dir: Path) -> str:
     """这次运行需要预训练权重的策略却是随机初始化时的提示框（HTML）；都用上了权重，或者是 smoke 档位时为空。"""
-    from .checkpoints import read_metrics
-    from .checkpoints import random_start
+    from .checkpoints import random_start, read_metrics
 
     if profile == "smoke":  # smoke 档位本来就不用预训练权重，只检查流程
         return ""

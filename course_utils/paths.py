@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 __all__ = ["output_dir", "display_path"]
@@ -16,6 +17,11 @@ __all__ = ["output_dir", "display_path"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 FONTS_DIR = REPO_ROOT / "fonts"
+
+# 课程笔记本的文件名：两位编号 + 小写英文（00_setup.ipynb）；runner 按它排序执行，讲义按它排目录
+NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
+# 06 用 papermill 执行 04 留下的副本里的标记：讲义据此把它归入“训练记录”，而不是当成一节课
+RECORD_METADATA_KEY = "course_training_run"
 
 # outputs/<档位>/ 下的固定子目录：执行过的笔记本、检查点、图、指标、讲义
 OUTPUT_KINDS = ("notebooks", "checkpoints", "figures", "metrics", "handouts")

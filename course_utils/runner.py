@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -19,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
+from .paths import NOTEBOOK_PATTERN
 from .config import resolve_profile
 from .progress import HEADLESS_ENV_VAR
 
 __all__: list[str] = []  # 命令行 python -m course_utils run 用
 
-NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 INTERRUPT_GRACE_SECONDS = 5  # Ctrl+C 之后给正在执行的单元格多少秒停下来，过了就直接结束内核
 
 

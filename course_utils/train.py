@@ -90,7 +90,8 @@ def _with_eval_transform(train_ds, val_ds):
         raise ValueError("特征缓存需要 03 的 make_datasets 建的训练集和验证集（Subset 包着 ImageFolder）。")
     folder = copy.copy(train_ds.dataset)
     folder.transform = val_ds.dataset.transform
-    folder.transforms = val_ds.dataset.transforms
+    if hasattr(folder, "transforms"):  # torchvision 的数据集另存了一份 (transform, target_transform)
+        folder.transforms = val_ds.dataset.transforms
     return Subset(folder, train_ds.indices)
 
 

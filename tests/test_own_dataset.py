@@ -17,7 +17,7 @@ OWN_CLASSES = {"红苹果": (200, 30, 30), "青柠檬": (60, 200, 60), "蓝莓":
 
 @pytest.fixture
 def own_dataset(tmp_path):
-    """三类纯色加噪声的小图：train/ 每类 10 张，val/ 每类 4 张；外加一个不该当成类别的隐藏目录。"""
+    """三类纯色加噪声的小图：train/ 每类 10 张，val/ 每类 4 张。"""
     rng = np.random.default_rng(0)
     root = tmp_path / "我的数据"
     for split, count in (("train", 10), ("val", 4)):
@@ -27,7 +27,6 @@ def own_dataset(tmp_path):
             for i in range(count):
                 pixels = np.clip(np.array(colour) + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype("uint8")
                 Image.fromarray(pixels).save(folder / f"{i}.jpg")
-        (root / split / ".ipynb_checkpoints").mkdir()
     return root
 
 
@@ -43,7 +42,16 @@ def test_course_dataset_variable_replaces_the_profile_dataset_unless_one_is_give
 def test_dataset_classes_from_the_registry_and_from_a_folder(own_dataset):
     assert len(cu.dataset_classes("fruit30")) == 30  # 不用下载就知道类别
     assert cu.dataset_classes("demo") == sorted(cu.dataset_classes("demo"))
-    assert cu.dataset_classes(str(own_dataset)) == sorted(OWN_CLASSES)  # 隐藏目录不算类别
+    assert cu.dataset_classes(str(own_dataset)) == sorted(OWN_CLASSES)
+
+
+def test_a_hidden_folder_that_imagefolder_would_count_as_a_class_is_refused_until_removed(own_dataset):
+    settings = cu.resolve_settings("smoke", dataset=str(own_dataset))
+    (own_dataset / "train" / ".ipynb_checkpoints").mkdir()
+    with pytest.raises(DatasetError, match=r"train/\.ipynb_checkpoints.*ImageFolder 会把隐藏目录当成类别"):
+        cu.prepare_dataset(settings)
+    (own_dataset / "train" / ".ipynb_checkpoints").rmdir()
+    assert cu.prepare_dataset(settings) == own_dataset
 
 
 def test_a_missing_folder_gets_a_chinese_message_that_names_it(tmp_path):
@@ -68,7 +76,7 @@ def test_train_evaluate_and_predict_notebooks_run_on_an_own_dataset(monkeypatch,
                                   for cell in nb.cells for o in cell.get("outputs", []))
 
     assert re.search(r"num_classes\s+3\s", printed["01_transfer_learning"])  # 分类头按这个数据集输出 3 类
-    metrics = cu.read_metrics(cu.metrics_path("smoke", "freeze"))
+    metrics = cu.checkpoints.read_metrics(cu.checkpoints.metrics_path("smoke", "freeze"))
     assert metrics["settings"]["dataset"] == str(own_dataset)
     model, meta = cu.load_checkpoint(cu.checkpoint_path("smoke", "freeze"), device="cpu")
     assert meta["class_names"] == sorted(OWN_CLASSES) and meta["num_classes"] == 3

@@ -38,7 +38,7 @@ def _printed(nb) -> str:
 
 def _check_run(outputs, strategy, nb):
     """一次 smoke 运行之后：指标 JSON 完整合理，检查点能加载，曲线图已保存，没有冒称 ImageNet。"""
-    metrics = cu.read_metrics(cu.metrics_path("smoke", strategy))
+    metrics = cu.checkpoints.read_metrics(cu.checkpoints.metrics_path("smoke", strategy))
     assert metrics["strategy"] == strategy and metrics["profile"] == "smoke"
     assert metrics["epochs"] == len(metrics["history"])
     for key in ("best_val_acc", "test_acc"):
@@ -48,8 +48,8 @@ def _check_run(outputs, strategy, nb):
     assert metrics["settings"]["strategy"] == strategy
     model, meta = cu.load_checkpoint(cu.checkpoint_path("smoke", strategy), device="cpu")
     assert meta["strategy"] == strategy and meta["profile"] == "smoke"
-    assert len(meta["class_names"]) == meta["num_classes"] == model.course_info["num_classes"]
-    assert cu.count_params(model)["trainable"] == metrics["trainable_params"]
+    assert len(meta["class_names"]) == meta["num_classes"] == cu.models.head_of(model).out_features
+    assert cu.count_params(model)["total"] == metrics["total_params"]
     assert (metrics["trainable_params"] < 100_000) is (strategy == "freeze")
     assert (outputs / "outputs" / "smoke" / "figures" / f"history_{strategy}.png").is_file()
     # smoke 档位不加载预训练权重：学习者看到的任何地方都不能声称用了 ImageNet 权重
@@ -73,7 +73,8 @@ def test_each_strategy_writes_metrics_and_a_loadable_checkpoint(outputs, strateg
     printed, stderr = _printed(nb), _stderr(nb)
     assert "Warning" not in stderr and "ipykernel" not in stderr  # 没有带源代码行的警告
     if strategy == "finetune":
-        assert printed.count("【注意】") == 1 and "finetune 等同于从头训练" in printed
+        # 第 2 节和第 10 节各加载一次权重：每次一段提示，不多不少
+        assert printed.count("【注意】") == 2 and "这次的结果不代表迁移学习的效果" in printed
         assert metrics["settings"]["weights"] == missing and "没能拿到" in metrics["weights_note"]
     else:  # scratch 从不加载权重，也就没什么要提示的
         assert "【注意】" not in printed
