@@ -201,33 +201,16 @@ def _check_disk(profile: str) -> dict:
     return _item(enough, "；".join(lines) + advice)
 
 
-def _dataset_status(settings) -> str | None:
-    """数据模块（course_utils.data）提供 dataset_status() 时，用它的说明。"""
-    import importlib
-
-    try:
-        data = importlib.import_module(f"{__package__}.data")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.data":
-            raise
-        return None
-    status = getattr(data, "dataset_status", None)
-    return status(settings) if status is not None else None
-
-
 def _check_dataset(settings) -> dict:
     """fruit30 是否已经下载解压；demo / smoke 由课程按需生成；自带数据集（目录路径）要存在。"""
-    status = _dataset_status(settings)
-    name = str(settings.dataset)
+    from .data import dataset_status
+
+    status, name = dataset_status(settings), str(settings.dataset)
     if name in ("demo", "smoke"):
-        return _item(True, status or f"{name} 数据集由课程按需生成，不用下载。")
+        return _item(True, status)
     root = paths.data_dir() / "fruit30_split" if name == "fruit30" else Path(name).expanduser()
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        return _item(True, status or f"{name} 已就绪：{root}")
-    if name != "fruit30":
-        return _item(False, status or f"数据集目录 {root} 里应有 train/ 和 val/ 两个子目录。")
-    advice = f"还没有 fruit30 数据集（应在 {root}）。02 笔记本会下载它（约 216 MB）；离线时改用 demo 档位。"
-    return _item(False, status or advice, required=False)
+    ready = (root / "train").is_dir() and (root / "val").is_dir()
+    return _item(ready, status, required=name != "fruit30")  # fruit30 还没下载只是提示：02 会下载它
 
 
 def check_environment(print_report: bool = True, profile: str | None = None) -> dict:
