@@ -54,18 +54,29 @@ def plot_pr_curves(probs, labels, class_names, classes):
 
     每条曲线旁的圆点是模型实际的判定方式（取概率最大的类别）得到的精确率和召回率；这种判定不是给
     这一类的概率设阈值，所以圆点常常不在曲线上；从没被判成这一类时落在原点。
+
+    参数：
+        probs：(图片数, 类别数) 的概率；labels：真实类别序号；classes：要画的类名（例如 AP 最低的几个）。
     """
     import matplotlib.pyplot as plt
     import numpy as np
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     probs, labels = np.asarray(probs), np.asarray(labels)
+    unknown = [name for name in classes if name not in list(class_names)]
+    if unknown:
+        raise ValueError(f"{'、'.join(map(str, unknown))} 不在这个模型的类别里；可选的类别：{'、'.join(class_names)}。")
     preds = probs.argmax(axis=1)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name in classes:
         index = list(class_names).index(name)
         positives = labels == index
+        if not positives.any():  # 没有正样本就没有召回率可言，也画不出曲线
+            ax.plot([], [], " ", label=f"{name}（测试集里没有这一类）")
+            continue
         precision, recall, _ = precision_recall_curve(positives, probs[:, index])
+        start = np.flatnonzero(recall >= 1).max()  # 召回率到 1 之后再降低阈值，只会让精确率一路掉到正样本占比：不画
+        precision, recall = precision[start:], recall[start:]
         ap = average_precision_score(positives, probs[:, index])
         line, = ax.step(recall, precision, where="post", label=f"{name}（AP {ap:.2f}）")
         chosen = preds == index
@@ -122,7 +133,7 @@ def predict_image(model, image_path, transform, class_names, device, k=3):
     batch = transform(image).unsqueeze(0).to(device)  # (1, 通道数, 高, 宽)：模型一次吃一批，这一批只有一张
     model.eval()
     with torch.no_grad():
-        probs = torch.softmax(model(batch), dim=1)[0]  # 1000 个或 num_classes 个概率，加起来等于 1
+        probs = torch.softmax(model(batch), dim=1)[0]  # 去掉批次维：(类别数,)，每类一个概率，加起来等于 1
     top = probs.topk(k)
     return [(class_names[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
