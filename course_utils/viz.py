@@ -104,7 +104,7 @@ SPLIT_LABELS = {"train": "train/（训练 + 验证）", "val": "val/（测试集
 
 
 def plot_class_counts(counts, title: str = "每类图片数"):
-    """每类图片数的横向条形图；counts 是 ``cu.class_counts(root)`` 的表格（行：类别，列：train / val）。
+    """每类图片数的横向条形图；counts 是 02 数出来的表格（行：类别，列：train / val）。
 
     图例写明两个目录的用途（验证集从 train/ 划出，val/ 当测试集），放在图的右侧，不挡住条形。
     """
@@ -125,7 +125,7 @@ def plot_class_counts(counts, title: str = "每类图片数"):
 def plot_image_sizes(table):
     """图片尺寸与宽高比：左图每张图的宽和高（散点），右图宽高比的分布（直方图）。
 
-    table 是 ``cu.image_table(root)`` 的表格（列：划分、宽、高、宽高比）。
+    table 是 02 用 PIL 读出的表格（每张图一行；列：划分、宽、高、宽高比）。
     所有图片尺寸都相同时（如演示数据），图上只会有一个点：这时只打印一句说明，不画图，返回 None。
     """
     import matplotlib.pyplot as plt
