@@ -1,7 +1,6 @@
 """迁移学习图像分类实战 · 课程辅助包。
 
-笔记本里统一写 ``import course_utils as cu``，再调用 ``cu.fit(...)``、``cu.get_device()`` 等，每个函数从哪里来一目了然。
-``dir(cu)`` 列出全部公开的名字（不到 60 个，一屏读得完）。它们分在这些模块里：
+笔记本里写 ``import course_utils as cu``，再调用 ``cu.fit(...)`` 等；``dir(cu)`` 列出全部公开的名字（不到 60 个）：
 
 - ``config``：四种运行档位与设置；``paths``：输出目录；``env``：随机种子、计算设备、环境检查；``fonts``：中文字体；
 - ``data``：准备数据集，以及 03 写出来的预处理、ImageFolder 和 DataLoader；``health``：数据健康检查；
@@ -9,11 +8,8 @@
 - ``checkpoints``：检查点与指标文件；``compare``：三种策略对比（06）；``evaluation``：评估的图表和 07 写出来的预测；
   ``viz``：其余的图。
 
-笔记本写出来、后面又要复用的函数，在包里是一字不差的同一份（``tests/test_notebook_code.py`` 检查）。
-不必读的幕后部分在 ``files``、``download``、``demo``、``progress``、``runner``、``handouts``。
-选学笔记本的辅助函数不占核心名单，用模块名调用：``cu.explain``（10，Grad-CAM）、``cu.embedding``（11，特征空间）、
-``cu.onnx_export``（12，导出 ONNX）。
-
+笔记本写出来、后面又要复用的函数，在包里是一字不差的同一份。幕后部分在 ``files``、``download``、``demo``、``progress``、
+``runner``、``handouts``。选学的函数用模块名调用：``cu.explain``（10）、``cu.embedding``（11）、``cu.onnx_export``（12）。
 导入本包没有副作用，也不会立刻导入 PyTorch：第一次用到某个函数时才导入它所在的模块。
 """
 
@@ -43,17 +39,12 @@ def _declared_names(module_name: str) -> tuple[str, ...]:
     return ()
 
 
-def _owner(name: str) -> str | None:
-    """名字 name 由哪个模块提供。"""
-    return next((m for m in _CORE if name in _declared_names(m)), None)
-
-
 def __getattr__(name: str):
     if name.startswith("_"):
         raise AttributeError(name)
     if name in _MODULES:  # ``from . import paths`` 这类子模块导入，直接导入该模块
         return importlib.import_module(f"{__name__}.{name}")
-    module_name = _owner(name)
+    module_name = next((m for m in _CORE if name in _declared_names(m)), None)  # 哪个核心模块提供它
     if module_name is None:
         raise AttributeError(f"course_utils 里没有 {name!r}。可用 dir(cu) 查看全部函数。")
     value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)

@@ -1,8 +1,7 @@
 """检查点与指标文件：存在哪里、存什么、怎样安全地写和读。
 
-检查点只保存 ``state_dict`` 和由普通类型（字符串、数字、列表、字典）组成的元数据，
-所以可以用 ``torch.load(..., weights_only=True)`` 安全地加载；写文件时先写临时文件再改名，
-中途出错不会留下半个文件，也不会毁掉上一次的检查点。指标是 UTF-8 的 JSON，05 和 06 从这里读取。
+检查点只存 ``state_dict`` 和普通类型的元数据，所以能用 ``torch.load(..., weights_only=True)`` 安全地加载；先写临时文件
+再改名，中途出错不会留下半个文件，也不会毁掉上一次的检查点。指标是 UTF-8 的 JSON，05 和 06 从这里读取。
 """
 
 from __future__ import annotations
@@ -22,13 +21,9 @@ __all__ = ["load_checkpoint", "checkpoint_path", "run_meta", "record_run"]
 PLAIN_TYPES = (str, int, float, bool, type(None))
 # load_checkpoint 重建模型、评估和预测时必须知道的元数据；save_checkpoint 缺了任何一项都拒绝写
 REQUIRED_META = {
-    "arch": "网络结构（\"resnet18\" 或 \"efficientnet_lite0\"）",
-    "num_classes": "类别数",
-    "class_names": "类名列表（按类别序号排列）",
-    "image_size": "输入边长（像素）",
-    "resize_size": "评估时先缩放到的边长",
-    "mean": "归一化的均值（3 个数）",
-    "std": "归一化的标准差（3 个数）",
+    "arch": "网络结构（\"resnet18\" 或 \"efficientnet_lite0\"）", "num_classes": "类别数",
+    "class_names": "类名列表（按类别序号排列）", "image_size": "输入边长（像素）", "resize_size": "评估时先缩放到的边长",
+    "mean": "归一化的均值（3 个数）", "std": "归一化的标准差（3 个数）",
 }
 
 
@@ -38,9 +33,6 @@ class CheckpointError(RuntimeError):
 
 class CheckpointNotFound(CheckpointError, FileNotFoundError):
     """检查点文件不存在（还没有运行 04 训练）。"""
-
-
-# ---------------------------------------------------------------- 位置
 
 
 def checkpoint_path(profile: str, strategy: str, kind: str = "best") -> Path:
@@ -57,21 +49,19 @@ def metrics_path(profile: str, strategy: str) -> Path:
 
 # ---------------------------------------------------------------- 写检查点
 
-
 def save_checkpoint(path, model, meta: dict, *, train_state: dict | None = None) -> Path:
-    """把 ``{"state_dict", "meta"}``（续训时再加 "train_state"）原子地写到 path。
+    """把 ``{"state_dict", "meta"}``（续训时再加 "train_state"）原子地写到 path（见 ``_atomic_write``）。
 
-    meta 只能含普通类型（str、int、float、bool、None 以及它们组成的 list / dict），
-    这样加载时可以用 ``weights_only=True``。先写同目录下的临时文件并 fsync，再 ``os.replace`` 改名：
-    任何一步出错，旧文件原样保留，临时文件被删掉。
+    meta 只能含 str、int、float、bool、None 以及它们组成的 list / dict，加载时才能用 ``weights_only=True``。
     """
+    import torch
+
     _check_plain(meta, "meta")
     missing = [f"{key}（{text}）" for key, text in REQUIRED_META.items() if key not in meta]
     if missing:
-        raise CheckpointError(
-            f"检查点元数据缺少 {'、'.join(missing)}：没有它们，load_checkpoint 就无法重建模型、按原样预处理图片。"
-            "用 cu.checkpoints.run_meta(settings, info, class_names) 生成元数据，再把你自己的项加进去。"
-        )
+        raise CheckpointError(f"检查点元数据缺少 {'、'.join(missing)}：没有它们，load_checkpoint 就无法重建模型、"
+                              "按原样预处理图片。用 cu.checkpoints.run_meta(settings, info, class_names) 生成元数据，"
+                              "再把你自己的项加进去。")
     if len(meta["class_names"]) != meta["num_classes"]:
         raise CheckpointError(f"检查点元数据里 class_names 有 {len(meta['class_names'])} 个，num_classes 却是 "
                               f"{meta['num_classes']}：两者必须一致。")
@@ -80,18 +70,12 @@ def save_checkpoint(path, model, meta: dict, *, train_state: dict | None = None)
     if train_state is not None:
         payload["train_state"] = train_state
     path = Path(path)
-    _atomic_write(path, lambda f: _torch_save(payload, f))
+    _atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 
-def _torch_save(payload, file) -> None:
-    import torch
-
-    torch.save(payload, file)
-
-
 def _atomic_write(path: Path, write) -> None:
-    """先写临时文件（同一目录）、刷到磁盘，再改名成 path；出错时删除临时文件并继续抛出。"""
+    """先写同一目录里的临时文件并 fsync，再 ``os.replace`` 成 path：出错时旧文件原样保留，临时文件删掉，异常照抛。"""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -104,18 +88,12 @@ def _atomic_write(path: Path, write) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """让改名本身也落盘（POSIX）；Windows 不支持打开目录，跳过。"""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if os.name == "posix":  # 让改名本身也落盘；Windows 不支持打开目录
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _check_plain(value, where: str) -> None:
@@ -129,10 +107,8 @@ def _check_plain(value, where: str) -> None:
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]")
     elif type(value) not in PLAIN_TYPES:  # 严格比较类型：numpy.float64 之类的子类也不行
-        raise TypeError(
-            f"检查点元数据 {where} 是 {type(value).__name__}，只能用 str、int、float、bool、None、list、dict，"
-            "否则无法用 weights_only=True 安全加载。先把它转换成普通类型（例如 str(path)、float(x)）。"
-        )
+        raise TypeError(f"检查点元数据 {where} 是 {type(value).__name__}，只能用 str、int、float、bool、None、list、dict，"
+                        "否则无法用 weights_only=True 安全加载。先把它转换成普通类型（例如 str(path)、float(x)）。")
 
 
 def library_versions() -> dict:
@@ -147,12 +123,11 @@ def library_versions() -> dict:
 
 # ---------------------------------------------------------------- 读检查点
 
-
 def load_checkpoint(path, device="cpu"):
     """安全地加载课程检查点，返回 ``(model, meta)``；模型已放到 device 上并处于评估模式（eval）。
 
-    按 meta 里的 arch 和 num_classes 搭出同样的结构（随机初始化，不下载任何权重），换上同样大小的分类头，
-    再用 ``weights_only=True`` 读入训练好的 state_dict：文件里只有张量和普通类型，不会执行任何代码。
+    按 meta 的 arch 和 num_classes 搭出同样的结构（随机初始化，不下载权重），再用 ``weights_only=True`` 读入
+    state_dict：文件里只有张量和普通类型，不会执行任何代码。
     """
     from .models import _random_network, replace_head
 
@@ -184,14 +159,12 @@ def read_checkpoint(path) -> dict:
             "torch.load(路径, weights_only=False) 取出模型，再保存它的 state_dict()。"
         ) from exc
     except (RuntimeError, EOFError, KeyError, ValueError) as exc:
-        raise CheckpointError(
-            f"{display_path(path)} 读不出来，文件可能已损坏或不是 PyTorch 文件（{exc}）。重新运行 04 生成它。"
-        ) from exc
+        raise CheckpointError(f"{display_path(path)} 读不出来，文件可能已损坏或不是 PyTorch 文件（{exc}）。"
+                              "重新运行 04 生成它。") from exc
     if not (isinstance(payload, dict) and "state_dict" in payload and "meta" in payload):
-        raise CheckpointError(
-            f"{display_path(path)} 不是课程的检查点：缺少 \"state_dict\" 和 \"meta\" 两项（可能只是一个裸的 state_dict）。"
-            "没有元数据就不知道模型结构和类别名。用 04_train.ipynb 训练，生成的检查点才能在这里加载。"
-        )
+        raise CheckpointError(f"{display_path(path)} 不是课程的检查点：缺少 \"state_dict\" 和 \"meta\" 两项"
+                              "（可能只是一个裸的 state_dict）。没有元数据就不知道模型结构和类别名。"
+                              "用 04_train.ipynb 训练，生成的检查点才能在这里加载。")
     return payload
 
 
@@ -207,7 +180,6 @@ def _missing_checkpoint_message(path: Path) -> str:
 
 # ---------------------------------------------------------------- 一次训练的记录
 
-
 def best_epoch(history: list[dict]) -> dict:
     """验证准确率最高的那一轮（并列时取最早的一轮）。"""
     if not history:
@@ -216,11 +188,7 @@ def best_epoch(history: list[dict]) -> dict:
 
 
 def run_meta(settings, info: dict, class_names) -> dict:
-    """一次训练的元数据（检查点和指标 JSON 共用）：模型从哪里来、用什么数据和预处理、全部设置。
-
-    参数：
-        info：``cu.build_model`` 返回的 info（arch、strategy、weights、weights_note、mean、std……）。
-    """
+    """一次训练的元数据（检查点和指标 JSON 共用）：``cu.build_model`` 的 info 加上类名、预处理和全部设置。"""
     return {
         **info, "class_names": [str(name) for name in class_names], "num_classes": len(class_names),
         "image_size": int(settings.image_size), "resize_size": int(settings.resize_size),
@@ -233,9 +201,7 @@ def summarize_run(meta: dict, history: list[dict], *, trainable_params: int, tot
                   test: dict | None = None) -> dict:
     """把一次训练整理成指标字典（写进 ``metrics/<策略>.json``；06 用它对比）。
 
-    参数：
-        meta：``run_meta`` 的结果；test：测试集上的 ``{"loss", "acc"}``，还没评就是 None。
-    """
+    meta 是 ``run_meta`` 的结果；test 是测试集上的 ``{"loss", "acc"}``，还没评就是 None。"""
     best, seconds = best_epoch(history), [record["seconds"] for record in history]
     keep = ("strategy", "profile", "arch", "weights", "weights_note", "image_size", "settings")
     return {
@@ -297,7 +263,6 @@ def random_start(metrics: dict) -> tuple[list[str], str]:
 
 
 # ---------------------------------------------------------------- 指标文件
-
 
 def write_metrics(path, metrics: dict) -> Path:
     """把指标写成 UTF-8 JSON（中文原样保存、缩进 2），先写临时文件再改名。"""

@@ -1,12 +1,9 @@
-"""四种运行档位（profile）：同一套笔记本，按机器和用途换一组默认值。
+"""四种运行档位（profile）：同一套笔记本，按机器和用途换一组默认值；parameters 单元格（或 papermill）给出的值优先。
 
-- full：完整 fruit30，ResNet-18，224 像素，20 轮，必须有 torchvision 的 ImageNet 权重（GPU 上的正式课程）；
-- quick：fruit30 每类取固定的 60 张、ResNet-18、224 像素、4 轮，必须有 ImageNet 权重（CPU 课堂：2 核 CPU 上整个课程
-  约 15 分钟，见 benchmarks/ 的 ``--course``）；
-- demo：课程自带的生成水果数据集，无需下载；EfficientNet-Lite0，ImageNet 权重随 pip 包一起装好（离线首次运行，``make run``）；
-- smoke：极小的生成数据集、1 轮、只跑几个批次、不用预训练权重（测试与 CI）。
-
-档位只改变默认值；笔记本 ``parameters`` 单元格里显式给出的值（或 papermill 注入的值）优先。
+- full：完整 fruit30、ResNet-18、224 像素、20 轮，必须有 ImageNet 权重（GPU 上的正式课程）；
+- quick：fruit30 每类固定 60 张、4 轮，其余同 full（CPU 课堂：2 核上整个课程约 15 分钟，见 benchmarks/ 的 ``--course``）；
+- demo：生成的水果数据集，无需下载；EfficientNet-Lite0，权重随 pip 包装好（离线首次运行，``make run``）；
+- smoke：极小的生成数据集、1 轮、几个批次、不用预训练权重（测试与 CI）。
 """
 
 from __future__ import annotations
@@ -55,26 +52,18 @@ class Settings:
     def to_dict(self) -> dict:
         """转成普通字典，便于写入指标 JSON 和检查点元数据。"""
         data = dataclasses.asdict(self)
-        extra = data.pop("extra")
-        data.update(extra)
+        data.update(data.pop("extra"))
         return data
 
     def to_frame(self, keys=None):
-        """整理成“设置 / 取值 / 说明”表格（pandas DataFrame）。
-
-        参数：
-            keys：只列出这些设置（按给定顺序）；None 表示全部。
-        """
+        """整理成“设置 / 取值 / 说明”表格（pandas DataFrame）；keys：只列出这些设置（按给定顺序），None 表示全部。"""
         import pandas as pd
 
         values = self.to_dict()
         unknown = [key for key in keys or () if key not in values]
         if unknown:
             raise KeyError(f"没有这些设置：{', '.join(unknown)}。可选：{', '.join(values)}。")
-        rows = [
-            {"设置": key, "取值": "None" if values[key] is None else str(values[key]), "说明": FIELD_HELP.get(key, "")}
-            for key in (keys or values)
-        ]
+        rows = [{"设置": key, "取值": str(values[key]), "说明": FIELD_HELP.get(key, "")} for key in (keys or values)]
         return pd.DataFrame(rows).set_index("设置")
 
     def table(self, *keys):
@@ -121,27 +110,20 @@ STRATEGIES = ("freeze", "finetune", "scratch")
 STRATEGY_NAMES = {"freeze": "冻结主干，只训练分类头", "finetune": "微调全部层", "scratch": "从头训练"}
 ARCHS = ("resnet18", "efficientnet_lite0")
 
+# quick、demo 只写出与 full 不同的地方，smoke 只写出与 demo 不同的地方
+_FULL = Settings(
+    profile="full", dataset="fruit30", arch="resnet18", image_size=224, resize_size=256, epochs=20, batch_size=32,
+    lr=1e-3, backbone_lr_scale=0.1, weights=IMAGENET, weights_required=True, per_class_limit=None, max_batches=None,
+    val_fraction=0.15, num_workers=None, seed=42,
+)
+_DEMO = _FULL.replace(profile="demo", dataset="demo", arch="efficientnet_lite0", image_size=112, resize_size=128,
+                      epochs=4, weights_required=False, extra={})
 PROFILES: dict[str, Settings] = {
-    "full": Settings(
-        profile="full", dataset="fruit30", arch="resnet18", image_size=224, resize_size=256, epochs=20,
-        batch_size=32, lr=1e-3, backbone_lr_scale=0.1, weights=IMAGENET, weights_required=True, per_class_limit=None,
-        max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
-    ),
-    "quick": Settings(
-        profile="quick", dataset="fruit30", arch="resnet18", image_size=224, resize_size=256, epochs=4,
-        batch_size=32, lr=1e-3, backbone_lr_scale=0.1, weights=IMAGENET, weights_required=True, per_class_limit=60,
-        max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
-    ),
-    "demo": Settings(
-        profile="demo", dataset="demo", arch="efficientnet_lite0", image_size=112, resize_size=128, epochs=4,
-        batch_size=32, lr=1e-3, backbone_lr_scale=0.1, weights=IMAGENET, weights_required=False, per_class_limit=None,
-        max_batches=None, val_fraction=0.15, num_workers=None, seed=42,
-    ),
-    "smoke": Settings(
-        profile="smoke", dataset="smoke", arch="efficientnet_lite0", image_size=32, resize_size=36, epochs=1,
-        batch_size=8, lr=1e-3, backbone_lr_scale=0.1, weights=None, weights_required=False, per_class_limit=None,
-        max_batches=2, val_fraction=0.25, num_workers=0, seed=42,
-    ),
+    "full": _FULL,
+    "quick": _FULL.replace(profile="quick", epochs=4, per_class_limit=60, extra={}),
+    "demo": _DEMO,
+    "smoke": _DEMO.replace(profile="smoke", dataset="smoke", image_size=32, resize_size=36, epochs=1, batch_size=8,
+                           weights=None, max_batches=2, val_fraction=0.25, num_workers=0, extra={}),
 }
 
 
@@ -150,25 +132,17 @@ def resolve_profile(profile: str | None = None) -> str:
     name = profile if profile is not None else os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE
     name = str(name).strip().lower()
     if name not in PROFILES:
-        choices = " / ".join(PROFILES)
-        raise ProfileError(
-            f"没有名为 {name!r} 的运行档位。可选：{choices}。"
-            f"检查笔记本 parameters 单元格里的 PROFILE，或环境变量 {PROFILE_ENV_VAR}。"
-        )
+        raise ProfileError(f"没有名为 {name!r} 的运行档位。可选：{' / '.join(PROFILES)}。"
+                           f"检查笔记本 parameters 单元格里的 PROFILE，或环境变量 {PROFILE_ENV_VAR}。")
     return name
 
 
 def resolve_settings(profile: str | None = None, **overrides) -> Settings:
-    """按档位取默认设置，再用非 None 的覆盖值替换。
+    """按档位（None：环境变量 COURSE_PROFILE，默认 full）取默认设置，再用非 None 的覆盖值替换，返回不可变的 Settings。
 
-    参数：
-        profile：档位名；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
-        overrides：字段名 = 值，例如 ``epochs=EPOCHS``；值为 None 的项保持档位默认。
-            不是 Settings 字段的名字放进 ``settings.extra``（例如 STRATEGY），值为 None 也保留。
-            没有给 dataset 时，环境变量 COURSE_DATASET（数据集名，或 ``train/``、``val/`` 结构的目录）
-            优先于档位默认的数据集：这样一个变量就能让整个课程换成你自己的数据。
-    返回：
-        Settings（不可变；要改用 ``settings.replace(...)``）。
+    overrides 写成 ``epochs=EPOCHS``；不是 Settings 字段的名字（例如 STRATEGY）放进 ``settings.extra``，None 也保留。
+    没有给 dataset 时，环境变量 COURSE_DATASET（数据集名，或 ``train/``、``val/`` 结构的目录）优先于档位默认：
+    一个变量就能让整个课程换成你自己的数据。
     """
     base = PROFILES[resolve_profile(profile)]
     known = {f.name for f in dataclasses.fields(Settings)} - {"profile", "extra"}

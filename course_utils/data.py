@@ -1,10 +1,5 @@
-"""数据集：从“我有一个下载地址”到“我有一批批张量”。
-
-- 注册表 ``DATASETS``：fruit30 的下载地址（含镜像）、大小、类名；两个课程现场生成的数据集 demo 和 smoke；
-- ``prepare_dataset(settings)``：按档位准备好数据，返回含 ``train/<类名>/`` 与 ``val/<类名>/`` 的根目录；
-- ``build_transforms``、``make_datasets``、``make_loaders``：笔记本 03 一行行写出来的预处理、ImageFolder 与
-  DataLoader，这里是同一份代码（``tests/test_notebook_code.py`` 保证两边一字不差）；
-- ``course_data(settings)``：04 以后的笔记本用它一步拿到 03 的全部结果。
+"""数据集：注册表 ``DATASETS``、``prepare_dataset``（返回含 ``train/``、``val/`` 的根目录）、03 写出来的
+``build_transforms``、``make_datasets``、``make_loaders``（与笔记本一字不差），以及 04 以后一步拿到它们的 ``course_data``。
 
 下载与解压在 ``download.py``，演示数据集的画法在 ``demo.py``，图片文件的规则在 ``files.py``，健康检查在 ``health.py``。
 """
@@ -18,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Subset
@@ -41,9 +37,6 @@ class DatasetUnavailable(RuntimeError):
 
 class DatasetError(ValueError):
     """数据集的目录结构或内容有问题（类别不一致、某类没有图片……）。"""
-
-
-# ---------------------------------------------------------------- 注册表
 
 
 @dataclass(frozen=True)
@@ -86,41 +79,21 @@ FRUIT30_CLASSES = (
 
 DATASETS = {
     "fruit30": DatasetSource(
-        name="fruit30",
-        description="30 类水果和蔬菜的照片（原教程的数据集）",
-        urls=(
-            "https://zihao-openmmlab.obs.cn-east-3.myhuaweicloud.com/"
-            "20220716-mmclassification/dataset/fruit30/fruit30_split.zip",
-        ),
-        archive_name="fruit30_split.zip",
-        folder_name="fruit30_split",
-        approx_bytes=216 * 1024**2,
-        sha256=None,
-        classes=FRUIT30_CLASSES,
-        train_images=4376,
-        test_images=1078,
-        url_env="COURSE_FRUIT30_URL",
-        archive_env="COURSE_FRUIT30_ARCHIVE",
+        name="fruit30", description="30 类水果和蔬菜的照片（原教程的数据集）",
+        urls=("https://zihao-openmmlab.obs.cn-east-3.myhuaweicloud.com/"
+              "20220716-mmclassification/dataset/fruit30/fruit30_split.zip",),
+        archive_name="fruit30_split.zip", folder_name="fruit30_split", approx_bytes=216 * 1024**2, sha256=None,
+        classes=FRUIT30_CLASSES, train_images=4376, test_images=1078,
+        url_env="COURSE_FRUIT30_URL", archive_env="COURSE_FRUIT30_ARCHIVE",
     ),
     "demo": GeneratedDataset(
-        name="demo",
-        description="课程自带的演示数据集：程序画出的 12 类水果图片，离线可用",
-        folder_name="demo-v1",
+        name="demo", description="课程自带的演示数据集：程序画出的 12 类水果图片，离线可用", folder_name="demo-v1",
         classes=("苹果-红", "苹果-青", "西红柿", "柠檬", "脐橙", "芒果", "香蕉", "西瓜", "草莓", "葡萄-红", "猕猴桃", "菠萝"),
-        train_per_class=50,
-        test_per_class=20,
-        image_size=160,
-        seed=20220716,
+        train_per_class=50, test_per_class=20, image_size=160, seed=20220716,
     ),
     "smoke": GeneratedDataset(
-        name="smoke",
-        description="极小的生成数据集，只用于测试与 CI",
-        folder_name="smoke-v1",
-        classes=("苹果-红", "苹果-青", "香蕉", "柠檬"),
-        train_per_class=12,
-        test_per_class=4,
-        image_size=48,
-        seed=20220716,
+        name="smoke", description="极小的生成数据集，只用于测试与 CI", folder_name="smoke-v1",
+        classes=("苹果-红", "苹果-青", "香蕉", "柠檬"), train_per_class=12, test_per_class=4, image_size=48, seed=20220716,
     ),
 }
 
@@ -129,19 +102,14 @@ def dataset_sources(name: str):
     """注册表里的一项；名字写错时给出中文提示。"""
     if name not in DATASETS:
         if any(mark in str(name) for mark in ("/", "\\", "~")) or str(name).startswith("."):
-            raise DatasetError(
-                f"找不到数据集目录 {name}。检查路径（以及环境变量 COURSE_DATASET）；"
-                "目录里应有 train/<类名>/ 和 val/<类名>/ 两层子目录。"
-            )
+            raise DatasetError(f"找不到数据集目录 {name}。检查路径（以及环境变量 COURSE_DATASET）；"
+                               "目录里应有 train/<类名>/ 和 val/<类名>/ 两层子目录。")
         raise DatasetError(f"没有名为 {name!r} 的数据集。可选：{'、'.join(DATASETS)}，或者一个数据集目录的路径。")
     return DATASETS[name]
 
 
 def dataset_classes(name: str) -> list[str]:
-    """数据集的类名（按名字排序）：注册表里的数据集直接给出，自带数据集的目录读 ``train/`` 下的子目录。
-
-    不下载、不生成任何东西，所以笔记本 01 不需要数据就能知道分类头要输出几类。
-    """
+    """数据集的类名（排好序）：注册表直接给出，自带目录读 ``train/``；不下载、不生成，01 不需要数据就能用。"""
     folder = Path(str(name)).expanduser()
     if name not in DATASETS and folder.is_dir():
         return list_classes(_check_layout(folder, expected=None) / "train")
@@ -150,30 +118,22 @@ def dataset_classes(name: str) -> list[str]:
 
 # ---------------------------------------------------------------- 准备数据集
 
-
 def prepare_dataset(settings, *, url: str | None = None, archive=None) -> Path:
     """按 settings.dataset 准备数据集，返回根目录（内含 ``train/<类名>/`` 和 ``val/<类名>/``）。
 
-    - "demo" / "smoke"：在 ``cu.data_dir()`` 下现场生成（第一次几秒到几十秒，之后直接复用）；
-    - "fruit30"：依次找已解压的 ``data/fruit30_split/``、本地压缩包、下载（主地址与镜像）；
-    - 一个已有目录的路径：直接使用（自带数据集）。
-
-    参数：
-        url：额外的下载地址（优先于注册表）；也可以写在 settings.extra["dataset_url"]
-            或环境变量 COURSE_FRUIT30_URL 里。
-        archive：本地压缩包路径；也可以写在 settings.extra["archive"] 或环境变量 COURSE_FRUIT30_ARCHIVE 里。
-    拿不到数据时抛出 DatasetUnavailable，消息里写明试过的地址和三种办法（镜像、本地文件、demo 档位）。
+    demo / smoke 在 data/ 下现场生成（之后复用）；fruit30 依次找已解压的目录、本地压缩包、下载（主地址与镜像）；
+    已有目录的路径直接使用。url（也可写在 settings.extra["dataset_url"] 或 COURSE_FRUIT30_URL）是额外的下载地址，
+    archive（也可写在 settings.extra["archive"] 或 COURSE_FRUIT30_ARCHIVE）是本地压缩包。
+    拿不到数据时抛出 DatasetUnavailable，写明试过的办法和三种出路（镜像、本地文件、demo 档位）。
     """
     name = settings.dataset
-    if name not in DATASETS and Path(str(name)).expanduser().is_dir():
-        return _check_layout(Path(str(name)).expanduser(), expected=None)
+    if name not in DATASETS and (folder := Path(str(name)).expanduser()).is_dir():
+        return _check_layout(folder, expected=None)
     source = dataset_sources(name)
     if isinstance(source, GeneratedDataset):
-        return generate_demo_dataset(
-            data_dir() / source.folder_name, classes=source.classes, seed=source.seed,
-            train_per_class=source.train_per_class, test_per_class=source.test_per_class,
-            image_size=source.image_size,
-        )
+        return generate_demo_dataset(data_dir() / source.folder_name, classes=source.classes, seed=source.seed,
+                                     train_per_class=source.train_per_class, test_per_class=source.test_per_class,
+                                     image_size=source.image_size)
     url = url or settings.extra.get("dataset_url")
     archive = archive or settings.extra.get("archive") or os.environ.get(source.archive_env) or None
     target = data_dir() / source.folder_name
@@ -181,13 +141,18 @@ def prepare_dataset(settings, *, url: str | None = None, archive=None) -> Path:
     try:
         if _looks_complete(target):
             return _check_layout(target, source.classes)
-        local = _archive_candidates(source, archive, attempts)
-        if local:  # 有本地压缩包就不联网
-            return _extract_checked(local[0], target, source)
+        given, default = Path(archive).expanduser() if archive else None, data_dir() / source.archive_name
+        if given is not None and not given.is_file():
+            attempts.append(f"本地压缩包 {display_path(given)} 不存在。")
+        local = next((path for path in (given, default) if path is not None and path.is_file()), None)
+        if local:  # 有本地压缩包（先看给出的，再看 data/ 下的默认文件名）就不联网
+            return _extract_checked(local, target, source)
         if attempts:  # 明确给出的压缩包不存在：先让你改正路径，而不是悄悄去下载 216 MB
             raise DatasetError(attempts.pop())
-        downloaded, used = download_first(_download_urls(source, url), data_dir() / source.archive_name,
-                                          sha256=source.sha256, desc=f"下载 {source.archive_name}")
+        # 下载地址的顺序：参数给的、环境变量里的镜像、注册表里的主地址与镜像（去重）
+        mirrors = re.split(r"[\s,;]+", os.environ.get(source.url_env, "").strip())
+        urls = list(dict.fromkeys(u for u in [url, *mirrors, *source.urls] if u))
+        downloaded, used = download_first(urls, default, sha256=source.sha256, desc=f"下载 {source.archive_name}")
         return _extract_checked(downloaded, target, source, delete_bad=True, where=used)
     except DownloadError as exc:
         attempts += exc.failures or [str(exc)]
@@ -195,28 +160,6 @@ def prepare_dataset(settings, *, url: str | None = None, archive=None) -> Path:
         attempts.append(str(exc))
     # from None：学习者只看到这一条中文说明，而不是一长串内部异常
     raise DatasetUnavailable(_unavailable_message(source, attempts)) from None
-
-
-def _archive_candidates(source: DatasetSource, archive, attempts: list[str]) -> list[Path]:
-    """可用的本地压缩包：显式给出的（不存在要说明），以及 data/ 下的默认文件名。"""
-    found = []
-    if archive:
-        path = Path(archive).expanduser()
-        if path.is_file():
-            found.append(path)
-        else:
-            attempts.append(f"本地压缩包 {display_path(path)} 不存在。")
-    default = data_dir() / source.archive_name
-    if default.is_file() and default not in found:
-        found.append(default)
-    return found
-
-
-def _download_urls(source: DatasetSource, url: str | None) -> list[str]:
-    """下载地址的顺序：参数给的、环境变量里的镜像、注册表里的主地址与镜像（去重）。"""
-    extra = re.split(r"[\s,;]+", os.environ.get(source.url_env, "").strip())
-    urls = [u for u in [url, *extra, *source.urls] if u]
-    return list(dict.fromkeys(urls))
 
 
 def _extract_checked(archive: Path, target: Path, source: DatasetSource, *, delete_bad=False, where=None) -> Path:
@@ -242,28 +185,18 @@ def _check_layout(root: Path, expected) -> Path:
                     if is_junk_name(p.name))
     if hidden:  # torchvision 的 ImageFolder 会把隐藏目录当成类别、把 ._ 开头的文件当成图片
         shown = "、".join(hidden[:5]) + (f" 等 {len(hidden)} 项" if len(hidden) > 5 else "")
-        raise DatasetError(
-            f"{display_path(root)} 里有隐藏或系统生成的文件：{shown}。ImageFolder 会把隐藏目录当成类别、"
-            "把 macOS 的 ._ 文件当成图片：删掉它们再重新运行。"
-        )
+        raise DatasetError(f"{display_path(root)} 里有隐藏或系统生成的文件：{shown}。ImageFolder 会把隐藏目录当成类别、"
+                           "把 macOS 的 ._ 文件当成图片：删掉它们再重新运行。")
     train, val = list_classes(root / "train"), list_classes(root / "val")
-    _require_same_classes(train, val, root)
-    if expected is not None and set(train) != set(expected):
-        missing, extra = sorted(set(expected) - set(train)), sorted(set(train) - set(expected))
-        raise DatasetError(
-            f"{display_path(root)} 的类别与预期的 {len(expected)} 类不一致：缺少 {missing or '无'}，多出 {extra or '无'}。"
-            "删除这个目录后重新运行，让课程重新解压或下载。"
-        )
-    return root
-
-
-def _require_same_classes(train: list[str], val: list[str], root) -> None:
     if train != val:
         only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
-        raise DatasetError(
-            f"{display_path(root)} 的 train/ 和 val/ 类别不一致：只在 train/ 里有 {only_train or '无'}，"
-            f"只在 val/ 里有 {only_val or '无'}。两边的类别子目录必须完全相同，否则类别序号会对不上。"
-        )
+        raise DatasetError(f"{display_path(root)} 的 train/ 和 val/ 类别不一致：只在 train/ 里有 {only_train or '无'}，"
+                           f"只在 val/ 里有 {only_val or '无'}。两边的类别子目录必须完全相同，否则类别序号会对不上。")
+    if expected is not None and set(train) != set(expected):
+        missing, extra = sorted(set(expected) - set(train)), sorted(set(train) - set(expected))
+        raise DatasetError(f"{display_path(root)} 的类别与预期的 {len(expected)} 类不一致：缺少 {missing or '无'}，"
+                           f"多出 {extra or '无'}。删除这个目录后重新运行，让课程重新解压或下载。")
+    return root
 
 
 def _unavailable_message(source: DatasetSource, attempts: list[str]) -> str:
@@ -281,7 +214,6 @@ def _unavailable_message(source: DatasetSource, attempts: list[str]) -> str:
         "  3. 先用离线的演示数据学习：把 parameters 单元格里的 PROFILE 改成 \"demo\""
         "（或设置环境变量 COURSE_PROFILE=demo）。"
     )
-
 
 
 def dataset_status(settings) -> str:
@@ -305,48 +237,31 @@ def dataset_status(settings) -> str:
             f"离线时可把 {source.archive_name} 放到 {display_path(data_dir())}，或改用 demo 档位。")
 
 
-
-
 def sample_images(root, split: str = "train", per_class: int = 1, seed: int = 0, classes=None):
     """每类随机取 per_class 张图片，返回 [(路径, 类名)]；同一个 seed 取到同样的图。"""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[Path]] = {}
     for s, name, path in list_image_files(root):
         if s == split and (classes is None or name in classes):
             by_class.setdefault(name, []).append(path)
-    picked = []
-    for name, files in by_class.items():
-        for i in sorted(rng.choice(len(files), size=min(per_class, len(files)), replace=False)):
-            picked.append((files[i], name))
-    return picked
-
-
-
-
-def _cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))  # 容器或任务调度限制后真正能用的核数
-    return os.cpu_count() or 1
+    return [(files[i], name) for name, files in by_class.items()
+            for i in sorted(rng.choice(len(files), size=min(per_class, len(files)), replace=False))]
 
 
 def safe_num_workers(max_workers: int = 4) -> int:
-    """DataLoader 安全的进程数。
-
-    Windows 上为 0；在 Jupyter 里、且多进程启动方式不是 fork（macOS 默认 spawn）时也为 0，
-    否则子进程可能卡住或报错；其余情况（Linux）取 min(max_workers, 核数 − 1)，至少留一个核给训练。
-    """
+    """DataLoader 安全的进程数：Windows 上、以及 Jupyter 里启动方式不是 fork（macOS 默认 spawn）时为 0
+    （否则子进程可能卡住或报错）；其余取 min(max_workers, 核数 − 1)，至少留一个核给训练。"""
     if sys.platform == "win32":
         return 0
     method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
     if "ipykernel" in sys.modules and method != "fork":
         return 0
-    return max(0, min(max_workers, _cpu_count() - 1))
+    # sched_getaffinity：容器或任务调度限制后真正能用的核数
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(max_workers, cores - 1))
 
 
 # ---------------------------------------------------------------- 笔记本 03 写出来的三步（原样保存在这里，供 04 以后复用）
-
 
 def build_transforms(image_size, resize_size, mean, std):
     """训练与评估的预处理，返回 (train_tf, eval_tf)。mean、std 取自预训练权重自己的记录。"""
@@ -392,7 +307,6 @@ def make_loaders(train_ds, val_ds, test_ds, batch_size, num_workers, seed):
 
 # ---------------------------------------------------------------- 04 以后：一步拿到 03 的全部结果
 
-
 @dataclass
 class CourseData:
     """一个档位的数据：根目录、类名、三个数据集和三个 DataLoader（都是 03 里写出来的那些）。"""
@@ -412,20 +326,16 @@ class CourseData:
 def course_data(settings, *, mean, std, train_per_class: int | None = None) -> CourseData:
     """03 的全部步骤合在一起：准备数据集、预处理、划分、DataLoader。
 
-    参数：
-        mean、std：归一化用的均值和标准差（``cu.load_pretrained`` 返回的权重记录里有）。
-        train_per_class：每类最多留多少张训练图（固定种子挑选）；None 表示按档位（quick 每类 60 张）。
-            验证集和测试集不受影响。06 用它画“训练图片越少，预训练越值钱”的图。
+    mean、std 取自 ``cu.load_pretrained`` 的 info；train_per_class：每类最多留多少张训练图（固定种子挑选，
+    验证集和测试集不变；06 画“训练图片越少，预训练越值钱”），None 表示按档位（quick 每类 60 张）。
     """
     root = prepare_dataset(settings)
     train_tf, eval_tf = build_transforms(settings.image_size, settings.resize_size, list(mean), list(std))
     try:
         train_ds, val_ds, test_ds = make_datasets(root, train_tf, eval_tf, settings.val_fraction, settings.seed)
     except ValueError as exc:  # 某类图片太少，分层抽样分不出来
-        raise DatasetError(
-            f"无法从 {display_path(root / 'train')} 分层划出验证集（{exc}）。每类至少要有 2 张训练图片，"
-            "而且验证集要能分到每类一张：检查图片很少的类别，或调整 val_fraction。"
-        ) from None
+        raise DatasetError(f"无法从 {display_path(root / 'train')} 分层划出验证集（{exc}）。每类至少要有 2 张训练图片，"
+                           "而且验证集要能分到每类一张：检查图片很少的类别，或调整 val_fraction。") from None
     if settings.per_class_limit:  # quick 档位：训练集每类 per_class_limit 张，验证集按比例缩小
         val_limit = max(1, round(settings.per_class_limit * settings.val_fraction / (1 - settings.val_fraction)))
         val_ds = Subset(val_ds.dataset, limit_per_class(val_ds, val_limit, settings.seed))
@@ -439,8 +349,6 @@ def course_data(settings, *, mean, std, train_per_class: int | None = None) -> C
 
 def limit_per_class(subset, limit: int, seed: int) -> list[int]:
     """Subset 里每类最多留 limit 个样本（固定种子随机挑选），返回它们在底层数据集里的下标（排好序）。"""
-    import numpy as np
-
     indices = np.asarray(subset.indices)
     targets = np.asarray(subset.dataset.targets)[indices]
     rng = np.random.default_rng(seed)

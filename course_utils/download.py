@@ -1,12 +1,8 @@
 """下载与解压：断点续传、超时与重试、镜像依次尝试、校验后才改名、安全解压。
 
-- ``download_file(url, dest)``：HTTP(S) 用 requests 流式下载，写到 ``dest.part``，
-  断线后用 HTTP Range 从断点接着下；下载完整并校验通过才改名为 ``dest``。
-  ``file://`` 地址和普通的本地路径也可以（直接复制）。
-- ``download_first(urls, dest)``：按顺序尝试多个地址（主地址 + 镜像），第一个成功的为准。
-- ``extract_zip(archive, target)``：拒绝会写到目标目录之外的成员（``../``、绝对路径、盘符）和符号链接，
-  跳过 ``__MACOSX``、``.DS_Store``、``.ipynb_checkpoints`` 等垃圾文件，正确识别 GBK 编码的中文文件名；
-  先解压到临时目录再改名，目录里有完成标记就不重复解压。
+``download_file`` 写到 ``dest.part``，断线后用 HTTP Range 续传，完整并校验通过才改名（``file://`` 与本地路径直接复制）；
+``download_first`` 依次尝试主地址与镜像；``extract_zip`` 拒绝越界成员与符号链接、跳过垃圾文件、识别 GBK 文件名，
+先解压到临时目录再改名，有完成标记就不重复解压。
 """
 
 from __future__ import annotations
@@ -48,9 +44,6 @@ class _Incomplete(Exception):
     """连接提前断开，文件还没下完（内部使用：触发续传）。"""
 
 
-# ---------------------------------------------------------------- 校验
-
-
 def file_sha256(path, chunk: int = CHUNK) -> str:
     """计算文件的 SHA-256（十六进制字符串）。"""
     digest = hashlib.sha256()
@@ -62,25 +55,17 @@ def file_sha256(path, chunk: int = CHUNK) -> str:
 
 def _verify(path: Path, url: str, sha256: str | None, size: int | None) -> None:
     """大小和校验和不对就删掉文件并报错（不留下半成品）。"""
-    actual_size = path.stat().st_size
-    if size is not None and actual_size != size:
+    if size is not None and (actual_size := path.stat().st_size) != size:
         path.unlink()
-        raise DownloadError(
-            f"从 {url} 下载的文件大小不对：应为 {size} 字节，实际 {actual_size} 字节。"
-            "已删除这个文件；重新运行即可重新下载，或者换一个镜像地址。"
-        )
-    if sha256:
-        actual = file_sha256(path)
-        if actual.lower() != sha256.lower():
-            path.unlink()
-            raise DownloadError(
-                f"从 {url} 下载的文件校验失败：SHA-256 应为 {sha256}，实际是 {actual}。"
-                "文件可能损坏或被替换，已经删除。重新运行即可重新下载，或者换一个镜像地址。"
-            )
+        raise DownloadError(f"从 {url} 下载的文件大小不对：应为 {size} 字节，实际 {actual_size} 字节。"
+                            "已删除这个文件；重新运行即可重新下载，或者换一个镜像地址。")
+    if sha256 and (actual := file_sha256(path)).lower() != sha256.lower():
+        path.unlink()
+        raise DownloadError(f"从 {url} 下载的文件校验失败：SHA-256 应为 {sha256}，实际是 {actual}。"
+                            "文件可能损坏或被替换，已经删除。重新运行即可重新下载，或者换一个镜像地址。")
 
 
 # ---------------------------------------------------------------- 下载
-
 
 def _local_source(url: str) -> Path | None:
     """``file://`` 地址或普通路径 -> 本地 Path；HTTP(S) 地址返回 None。"""
@@ -94,25 +79,17 @@ def _local_source(url: str) -> Path | None:
     return Path(url)
 
 
+def _byte_bar(total, desc: str, initial: int = 0):
+    return progress_bar(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
+
+
 def _copy_local(source: Path, part: Path, desc: str) -> None:
     if not source.is_file():
         raise DownloadError(f"本地文件 {display_path(source)} 不存在。检查路径是否写对。")
-    with open(source, "rb") as src, open(part, "wb") as dst, progress_bar(
-        total=source.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-    ) as bar:
+    with open(source, "rb") as src, open(part, "wb") as dst, _byte_bar(source.stat().st_size, desc) as bar:
         while block := src.read(CHUNK):
             dst.write(block)
             bar.update(len(block))
-
-
-def _total_from_headers(response, offset: int) -> int | None:
-    """从响应头推算完整文件的字节数（206 看 Content-Range，200 看 Content-Length）。"""
-    content_range = response.headers.get("Content-Range", "")
-    match = re.search(r"/(\d+)\s*$", content_range)
-    if match:
-        return int(match.group(1))
-    length = response.headers.get("Content-Length")
-    return int(length) + offset if length is not None else None
 
 
 def _fetch_http(url: str, part: Path, timeout, desc: str) -> None:
@@ -128,10 +105,11 @@ def _fetch_http(url: str, part: Path, timeout, desc: str) -> None:
         response.raise_for_status()
         if response.status_code != 206:  # 服务器不支持续传：从头下载
             offset = 0
-        total = _total_from_headers(response, offset)
-        with open(part, "ab" if offset else "wb") as f, progress_bar(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-        ) as bar:
+        # 完整文件的字节数：206 看 Content-Range 的 “/总数”，200 看 Content-Length
+        match = re.search(r"/(\d+)\s*$", response.headers.get("Content-Range", ""))
+        length = response.headers.get("Content-Length")
+        total = int(match.group(1)) if match else int(length) + offset if length is not None else None
+        with open(part, "ab" if offset else "wb") as f, _byte_bar(total, desc, offset) as bar:
             for block in response.iter_content(chunk_size=CHUNK):
                 f.write(block)
                 bar.update(len(block))
@@ -145,31 +123,12 @@ def _is_unreachable(exc: Exception) -> bool:
     return "NameResolutionError" in text or "ConnectionRefusedError" in text or "Connection refused" in text
 
 
-def _retryable_status(exc: Exception) -> bool:
-    response = getattr(exc, "response", None)
-    return response is not None and (response.status_code >= 500 or response.status_code in (408, 429))
+def download_file(url: str, dest, *, sha256: str | None = None, size: int | None = None, retries: int = 4,
+                  backoff: float = 1.0, timeout: tuple[float, float] = (10.0, 60.0), desc: str | None = None) -> Path:
+    """把 url（http(s)、file:// 或本地路径）下载到 dest（已存在且通过校验就直接返回），返回 dest。
 
-
-def download_file(
-    url: str,
-    dest,
-    *,
-    sha256: str | None = None,
-    size: int | None = None,
-    retries: int = 4,
-    backoff: float = 1.0,
-    timeout: tuple[float, float] = (10.0, 60.0),
-    desc: str | None = None,
-) -> Path:
-    """把 url 下载到 dest（已存在且通过校验就直接返回），返回 dest。
-
-    参数：
-        url：``http(s)://`` 地址、``file://`` 地址或本地文件路径。
-        dest：保存位置；下载中的内容先写到 ``dest.part``，完整并校验通过后才改名。
-        sha256 / size：已知的校验和与字节数（不知道就给 None）。
-        retries：超时、断线、服务器 5xx 时最多重试几次（每次从断点续传）。
-        backoff：第 k 次重试前等待 backoff × 2^(k−1) 秒。
-        timeout：(连接超时, 读取超时)，单位秒。
+    内容先写到 ``dest.part``，完整并通过 sha256 / size 校验（不知道就给 None）才改名。超时、断线、5xx 时
+    最多重试 retries 次（每次从断点续传），第 k 次前等 backoff × 2^(k−1) 秒；timeout 是 (连接, 读取) 秒数。
     出错时抛出 DownloadError（中文说明原因和办法）。
     """
     import requests
@@ -194,9 +153,9 @@ def download_file(
                 break
             except (_Incomplete, requests.ConnectionError, requests.Timeout, requests.HTTPError,
                     requests.exceptions.ChunkedEncodingError) as exc:  # 断线、超时、服务器出错
-                give_up = attempt == retries or _is_unreachable(exc) or (
-                    isinstance(exc, requests.HTTPError) and not _retryable_status(exc))
-                if give_up:
+                status = getattr(exc.response, "status_code", 0) if isinstance(exc, requests.HTTPError) else None
+                if attempt == retries or _is_unreachable(exc) or (
+                        status is not None and status < 500 and status not in (408, 429)):  # 4xx：重试也没用
                     raise DownloadError(f"从 {url} 下载失败：{_short_reason(exc)}") from None
                 time.sleep(backoff * 2**attempt)  # 等一会儿再试，下次从断点续传
     _verify(part, url, sha256, size)
@@ -222,10 +181,7 @@ def _short_reason(exc: Exception) -> str:
 
 
 def download_first(urls, dest, **kwargs) -> tuple[Path, str]:
-    """依次尝试多个地址（主地址 + 镜像），返回 (文件路径, 成功的地址)。
-
-    全部失败时抛出 DownloadError，消息里逐条列出每个地址失败的原因。其余参数同 download_file。
-    """
+    """依次尝试多个地址（主地址 + 镜像），返回 (文件路径, 成功的地址)；全部失败时 DownloadError 逐条列出原因。"""
     errors = []
     for url in urls:
         try:
@@ -239,13 +195,9 @@ def download_first(urls, dest, **kwargs) -> tuple[Path, str]:
 
 # ---------------------------------------------------------------- 解压
 
-
 def _decoded_name(info: zipfile.ZipInfo) -> str:
-    """成员的真实文件名。
-
-    没有 UTF-8 标志位的成员，zipfile 一律按 CP437 解码；Windows 上用中文系统打的 zip 实际是 GBK，
-    于是中文名变成乱码。这里把它还原成原始字节，先试 UTF-8，再试 GBK。
-    """
+    """成员的真实文件名：没有 UTF-8 标志位的成员 zipfile 按 CP437 解码，而中文 Windows 打的 zip 实际是 GBK，
+    所以还原成原始字节，先试 UTF-8，再试 GBK。"""
     name = info.filename
     if not info.flag_bits & 0x800:
         raw = info.orig_filename.encode("cp437")
@@ -283,19 +235,15 @@ def _is_junk(name: str) -> bool:
 def _content_root(folder: Path) -> Path:
     """压缩包里只有一个顶层目录（如 fruit30_split/）时，以它为内容根目录。"""
     entries = [p for p in folder.iterdir() if not _is_junk(p.name)]
-    if len(entries) == 1 and entries[0].is_dir():
-        return entries[0]
-    return folder
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
 
 def extract_zip(archive, target) -> Path:
     """把 zip 安全地解压到 target（内容直接放在 target 下），返回 target。
 
-    - 任何成员是符号链接、绝对路径或含 ``../``：整个压缩包被拒绝（UnsafeArchiveError），什么都不写；
-    - 跳过 ``__MACOSX``、``.DS_Store``、``.ipynb_checkpoints`` 和隐藏文件；
-    - 压缩包只有一个顶层目录时去掉这一层（``fruit30_split/train/…`` -> ``target/train/…``）；
-    - 先解压到 ``target.partial``，完成后写入标记文件再改名为 target；
-      target 里已有标记文件就直接返回（不重复解压）。
+    有符号链接、绝对路径或 ``../`` 成员时整个拒绝（UnsafeArchiveError），什么都不写；跳过垃圾和隐藏文件；
+    只有一个顶层目录时去掉这一层（``fruit30_split/train/…`` -> ``target/train/…``）；先解压到 ``target.partial``，
+    写入完成标记再改名；target 里已有标记就直接返回。
     """
     archive, target = Path(archive), Path(target)
     if (target / EXTRACTED_MARKER).is_file():
@@ -310,10 +258,8 @@ def extract_zip(archive, target) -> Path:
         members = [(info, _decoded_name(info)) for info in zf.infolist()]
         unsafe = [f"{name}（{why}）" for info, name in members if (why := _unsafe_reason(name, info))]
         if unsafe:
-            raise UnsafeArchiveError(
-                f"拒绝解压 {archive.name}：其中有 {len(unsafe)} 个不安全的成员，例如 "
-                + "；".join(unsafe[:3]) + "。这样的压缩包可能被人动过手脚，从可信的地址重新下载。"
-            )
+            raise UnsafeArchiveError(f"拒绝解压 {archive.name}：其中有 {len(unsafe)} 个不安全的成员，例如 "
+                                     + "；".join(unsafe[:3]) + "。这样的压缩包可能被人动过手脚，从可信的地址重新下载。")
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         wanted = [(info, name) for info, name in members if not _is_junk(name)]

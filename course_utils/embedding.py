@@ -1,8 +1,7 @@
 """特征空间（选学 11 用，笔记本里写 ``cu.embedding.separation_score(...)``）：类别分得开吗，以及 t-SNE 的平面图。
 
-特征本身由 ``cu.train.backbone_features`` 取出（分类头暂时换成 ``nn.Identity``，再用 04 的 ``evaluate`` 过一遍）。
-``separation_score`` 和 ``tsne_2d`` 是 11 里写出来的代码（两边一字不差，``tests/test_notebook_code.py`` 检查）：
-前者在**原始**特征上打分，不经过 t-SNE；后者只用来看图，图上团与团的距离、大小都没有意义。
+特征由 ``cu.train.backbone_features`` 取出。``separation_score`` 和 ``tsne_2d`` 与 11 里写出来的一字不差：前者在**原始**
+特征上打分，不经过 t-SNE；后者只用来看图，图上团与团的距离、大小都没有意义。
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 # ---------------------------------------------------------------- 笔记本 11 写出来的代码（原样保存在这里）
-
 
 def separation_score(features, labels, k=5, seed=42):
     """类别在特征空间里分得开吗：k 近邻分类器（余弦距离）的分层交叉验证准确率，0 到 1 之间。"""
@@ -45,7 +43,6 @@ def tsne_2d(features, seed=42, perplexity=None):
 
 # ---------------------------------------------------------------- 画图
 
-
 def _class_styles(count: int) -> list:
     """每个类别的（颜色, 形状）：不超过 20 类时每类一种颜色（tab20）；更多时 10 种颜色、每 10 类换一种形状。"""
     import matplotlib as mpl
@@ -60,12 +57,8 @@ def _class_styles(count: int) -> list:
 
 
 def plot_embeddings(embeddings: dict, labels, class_names, *, ncols: int | None = None, suptitle: str | None = None):
-    """几张 t-SNE 散点图并排（每个模型一张，标题是字典的键），每类一种颜色和形状，共用右侧的中文图例。返回 Figure。
-
-    参数：
-        embeddings：{标题: (图片数, 2) 的坐标}，各张图的点顺序相同、都对应 labels（类别序号）；
-        ncols：每行几张；None 表示 4 张以内每行 2 张，更多时每行 3 张。
-    """
+    """{标题: (图片数, 2) 的坐标} 画成几张并排的 t-SNE 散点图（点的顺序都对应 labels），每类一种颜色和形状，
+    共用右侧的中文图例；ncols 为 None 时 4 张以内每行 2 张，更多时每行 3 张。"""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 

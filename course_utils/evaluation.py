@@ -1,7 +1,6 @@
-"""评估与预测的图表：混淆矩阵、精确率–召回率曲线、分错的图片、检查点摘要，以及 07 写出来的 ``predict_image``。
+"""评估与预测的图表：混淆矩阵、精确率–召回率曲线、分错的图片、检查点摘要，以及 07 写出来的 ``predict_image``（一字不差）。
 
-指标本身（准确率、``classification_report``、``confusion_matrix``、AP）由笔记本 05 直接调用 scikit-learn 计算；
-这里只画笔记本里不必一行行读的图。``predict_image`` 与 07 里的代码一字不差（``tests/test_notebook_code.py``）。
+指标本身由笔记本 05 直接调用 scikit-learn 计算；这里只画笔记本里不必一行行读的图。
 """
 
 from __future__ import annotations
@@ -20,10 +19,8 @@ __all__ = [
 
 
 def plot_confusion_matrix(labels, preds, class_names, normalize: bool = False):
-    """混淆矩阵热力图（中文类名；行是真实类别，列是预测类别）；normalize=True 时每行除以这一类的图片数。
-
-    值为 0 的格子留空：对角线以外写着数字的格子就是模型犯过的错误，一眼就能找到。
-    """
+    """混淆矩阵热力图（行是真实类别，列是预测类别）；normalize=True 时每行除以这一类的图片数。
+    值为 0 的格子留空：对角线以外写着数字的格子就是模型犯过的错误。"""
     import matplotlib.pyplot as plt
     import numpy as np
     import pandas as pd
@@ -50,13 +47,10 @@ def plot_confusion_matrix(labels, preds, class_names, normalize: bool = False):
 
 
 def plot_pr_curves(probs, labels, class_names, classes):
-    """几个类别的精确率–召回率曲线（一对其余），图例里写出各自的 AP。
+    """classes（要画的类名，例如 AP 最低的几个）的精确率–召回率曲线（一对其余），图例里写出各自的 AP。
 
-    每条曲线旁的圆点是模型实际的判定方式（取概率最大的类别）得到的精确率和召回率；这种判定不是给
-    这一类的概率设阈值，所以圆点常常不在曲线上；从没被判成这一类时落在原点。
-
-    参数：
-        probs：(图片数, 类别数) 的概率；labels：真实类别序号；classes：要画的类名（例如 AP 最低的几个）。
+    probs 是 (图片数, 类别数) 的概率，labels 是真实类别序号。圆点是模型实际的判定（取概率最大的类别）得到的精确率和
+    召回率：它不是给这一类的概率设阈值，所以常常不在曲线上；从没被判成这一类时落在原点。
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -125,7 +119,6 @@ def checkpoint_summary(meta: dict):
 
 
 # ---------------------------------------------------------------- 笔记本 07 写出来的代码（原样保存在这里）
-
 
 def predict_image(model, image_path, transform, class_names, device, k=3):
     """预测一张图片：返回概率最高的 k 个 (类名, 概率)，从高到低。"""

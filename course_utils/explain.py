@@ -1,10 +1,8 @@
 """模型在看哪里：Grad-CAM 热力图（选学 10 用，笔记本里写 ``cu.explain.grad_cam(...)``）。
 
-Grad-CAM 本身由 captum 计算（``captum.attr.LayerGradCam``，放大用 ``LayerAttribution.interpolate``）；这里只做课程需要的
-几件事：找到网络最后一张特征图、让冻结的模型也能算、算完把模型原样还回去、把热力图叠在图片上画出来。
-
-四步：某个类别的得分对最后一张特征图求梯度；每个通道的梯度在空间上取平均，作为这个通道的权重；按权重把各通道加起来，
-只留正的部分（ReLU）；最后放大到输入图片的大小。
+Grad-CAM 由 captum 计算（``LayerGradCam``，放大用 ``LayerAttribution.interpolate``）：类别得分对最后一张特征图求梯度，
+每个通道的梯度在空间上取平均作为权重，按权重把各通道加起来、只留正的部分，再放大到输入大小。这里只做课程需要的几件事：
+找到最后一张特征图、让冻结的模型也能算、算完把模型原样还回去、把热力图叠在图片上画出来。
 """
 
 from __future__ import annotations
@@ -19,32 +17,24 @@ __all__ = ["cam_target_layer", "grad_cam", "plot_grad_cam", "plot_feature_grid"]
 
 
 def cam_target_layer(model):
-    """Grad-CAM 默认看的层：输出网络最后一张特征图的那个模块，它后面只剩全局平均池化和分类头。
-
-    ResNet-18（torchvision）是 ``layer4``（输出已经过 ReLU）；EfficientNet-Lite0（timm）是 ``bn2``：
-    timm 的 BatchNormAct2d，BatchNorm 之后紧跟 ReLU6，它的输出就是 ``forward_features`` 的结果。
-    """
+    """Grad-CAM 默认看的层：输出最后一张特征图的模块（后面只剩全局平均池化和分类头）。ResNet-18 是 ``layer4``；
+    Lite0 是 ``bn2``（timm 的 BatchNormAct2d，紧跟 ReLU6，输出就是 ``forward_features`` 的结果）。"""
     if hasattr(model, "layer4"):
         return model.layer4
     if hasattr(model, "conv_head") and hasattr(model, "bn2"):
         return model.bn2
-    raise ValueError(
-        f"不知道 {type(model).__name__} 的最后一张特征图在哪里：课程只认识 ResNet-18（layer4）和 EfficientNet-Lite0（bn2）。"
-        "可以自己指定一层，例如 cu.explain.grad_cam(model, images, layer=model.某一层, device=DEVICE)，"
-        "选输出形状为 (批量大小, 通道数, 高, 宽) 的最后一个模块。"
-    )
+    raise ValueError(f"不知道 {type(model).__name__} 的最后一张特征图在哪里：课程只认识 ResNet-18（layer4）和 "
+                     "EfficientNet-Lite0（bn2）。可以自己指定一层，例如 "
+                     "cu.explain.grad_cam(model, images, layer=model.某一层, device=DEVICE)，"
+                     "选输出形状为 (批量大小, 通道数, 高, 宽) 的最后一个模块。")
 
 
 def grad_cam(model, images, targets=None, *, layer=None, device):
-    """对一批图片各算一张 Grad-CAM 热力图，返回 CPU 上形状 (张数, 高, 宽)、取值 0–1 的张量。
+    """对一批归一化过的图片 (批量大小, 通道数, 高, 宽) 各算一张 Grad-CAM 热力图，返回 CPU 上 (张数, 高, 宽)、0–1 的张量。
 
-    参数：
-        model：分类模型（已在 device 上）；images：(批量大小, 通道数, 高, 宽) 的张量，已按检查点归一化。
-        targets：每张图解释哪个类别（整数、列表、数组或张量）；None 表示模型自己预测的类别。
-        layer：看哪一层；None 表示 ``cam_target_layer(model)``。
-    freeze 模型的主干不求梯度也能算：captum 在取特征图的钩子里让特征图自己求梯度。算完后模型原样还回：
-    每一层的 train/eval 模式、requires_grad、BatchNorm 的统计量都不变，参数上也不留 .grad。
-    每张热力图各自除以自己的最大值；全是 0 时（图里找不到支持这个类别的区域）保持为 0。
+    targets：每张图解释哪个类别（整数、列表、数组或张量），None 表示模型自己的预测；layer：None 表示
+    ``cam_target_layer(model)``。freeze 的主干不求梯度也能算（captum 让特征图自己求梯度）；算完模型原样还回：
+    train/eval 模式、requires_grad、BatchNorm 统计量都不变，也不留 .grad。每张图除以自己的最大值；全是 0 时保持为 0。
     """
     import numpy as np
     import torch
@@ -69,11 +59,9 @@ def grad_cam(model, images, targets=None, *, layer=None, device):
 
 def plot_grad_cam(images, heatmaps, titles, *, mean, std, alpha: float = 0.5, ncols: int | None = None,
                   row_labels=None, title_colors=None):
-    """把热力图半透明地叠在（撤销归一化的）图片上排成网格，每张一个中文标题；返回 Figure。
+    """把 ``grad_cam`` 的热力图半透明地叠在（用 mean、std 撤销归一化的）图片上排成网格，每张一个中文标题。
 
-    参数：
-        images：(张数, 通道数, 高, 宽) 的归一化张量；heatmaps：``grad_cam`` 的结果；mean、std：检查点的归一化参数。
-        title_colors：每个标题的颜色（例如分错的标红）；ncols：每行几张；row_labels：每行左边的说明（对比几个模型时用）。
+    title_colors：每个标题的颜色（例如分错的标红）；row_labels：每行左边的说明（对比几个模型时用）。
     红色越深，这块区域对标题里那个类别的贡献越大；蓝色表示几乎没有贡献。
     """
     import matplotlib.pyplot as plt
@@ -101,11 +89,8 @@ def plot_grad_cam(images, heatmaps, titles, *, mean, std, alpha: float = 0.5, nc
 
 
 def plot_feature_grid(image_path, grids: dict):
-    """同一张图缩放到几个边长，画上最后一张特征图的格子：热力图在每个格子里只有一个值，所以很粗。
-
-    参数：
-        grids：{输入边长: (特征图的高, 宽)}，例如 ``{224: (7, 7), 112: (4, 4)}``。
-    """
+    """同一张图缩放到几个边长，画上最后一张特征图的格子（grids：{输入边长: (特征图的高, 宽)}，如 ``{224: (7, 7)}``）：
+    热力图在每个格子里只有一个值，所以很粗。"""
     import matplotlib.pyplot as plt
     from PIL import Image
     from torchvision.transforms import v2

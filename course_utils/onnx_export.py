@@ -1,9 +1,7 @@
-"""导出 ONNX（选学 12 用，笔记本里写 ``cu.onnx_export.export_onnx(...)``）：把模型存成 ONNX 文件，在 PyTorch 之外用
-onnxruntime 运行。
+"""导出 ONNX（选学 12 用，笔记本里写 ``cu.onnx_export.export_onnx(...)``），在 PyTorch 之外用 onnxruntime 运行。
 
-12 把 ``torch.onnx.export``（PyTorch 2 的 dynamo 导出器，需要 onnxscript）、``onnx.checker`` 和 onnxruntime 的
-``InferenceSession`` 直接写在单元格里，也自己比较两边的结果；这里只有 12 以后复用的两件事：``export_onnx`` 是同样的导出，
-另外原子地写文件、导出前后模型的模式不变；``time_inference`` 公平地比较两边的速度。
+12 把 ``torch.onnx.export``（dynamo 导出器）、``onnx.checker`` 和 ``InferenceSession`` 写在单元格里；这里是复用的两件事：
+``export_onnx``（同样的导出，另外原子地写文件、模型的模式不变）和 ``time_inference``（公平地比较两边的速度）。
 """
 
 from __future__ import annotations
@@ -20,15 +18,11 @@ __all__ = ["export_onnx", "time_inference"]
 
 
 def export_onnx(model, path, *, image_size: int, device="cpu", opset: int | None = None) -> Path:
-    """把模型导出成一个 ONNX 文件（输入名 ``image``、输出名 ``logits``），返回文件路径。
+    """把模型（临时切到评估模式）导出成一个 ONNX 文件（输入 ``image``、输出 ``logits``），返回文件路径。
 
-    参数：
-        model：分类模型；导出时临时切到评估模式，导出后每一层恢复原来的模式。
-        image_size：输入边长。示例输入是 (1, 3, image_size, image_size)；批量这一维是动态的（可以一次送任意张图），
-            高和宽固定为 image_size：Lite0 的 “SAME” 填充按输入尺寸计算，固定尺寸后就是常数。
-        device：示例输入放在哪个设备上（与模型一致）；opset：ONNX 算子集版本，None 用导出器的默认值。
-    权重和计算图写在同一个文件里（``external_data=False``）。先写同一文件夹里的临时文件，``onnx.checker`` 检查通过后
-    才换成正式文件名：导出失败时不留下半个文件，原来的文件也不变。
+    批量这一维是动态的，高和宽固定为 image_size（Lite0 的 “SAME” 填充因此是常数）；device 是示例输入所在的设备，
+    opset 为 None 时用导出器的默认值。权重和计算图写在同一个文件里；先写临时文件，``onnx.checker`` 通过后才改名：
+    导出失败时不留下半个文件，原来的文件也不变。
     """
     import onnx
     import torch
@@ -55,10 +49,9 @@ def export_onnx(model, path, *, image_size: int, device="cpu", opset: int | None
 
 
 def time_inference(model, session, images, device, *, repeats: int = 5):
-    """同一批图片上，PyTorch 与 onnxruntime 各做一次前向要多少秒（repeats 次的中位数），返回两行的表。
+    """同一批图片上 PyTorch 与 onnxruntime 各做一次前向的用时（repeats 次的中位数），返回每批秒数、每张图毫秒数的表。
 
     两边先各预热一次，再交替计时，免得机器忙闲的变化只落在一边；GPU 上等计算真正完成才停表。
-    列：每批秒数、每张图毫秒数。
     """
     import numpy as np
     import pandas as pd

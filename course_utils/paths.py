@@ -28,8 +28,7 @@ OUTPUT_KINDS = ("notebooks", "checkpoints", "figures", "metrics", "handouts")
 
 
 def repo_path(path) -> Path:
-    """展开 ``~``；相对路径以仓库根目录为起点（runner 在仓库根目录、笔记本在 notebooks/ 里运行，
-    环境变量里的相对路径按这个规则解释，才会指向同一个地方）。"""
+    """展开 ``~``；相对路径以仓库根目录为起点（runner 和笔记本在不同目录运行，这样才指向同一个地方）。"""
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
 
@@ -42,12 +41,7 @@ def data_dir() -> Path:
 
 
 def output_dir(profile: str, kind: str | None = None) -> Path:
-    """某个档位的输出目录，例如 ``output_dir("demo", "figures")``；目录不存在就创建。
-
-    参数：
-        profile：档位名（full / quick / demo / smoke）。
-        kind：子目录名，取 OUTPUT_KINDS 之一；None 表示档位根目录。
-    """
+    """某个档位的输出目录（不存在就创建），例如 ``output_dir("demo", "figures")``；kind 为 None 时是档位根目录。"""
     root = repo_path(os.environ.get("COURSE_OUTPUT_DIR") or REPO_ROOT / "outputs") / profile
     if kind is not None:
         if kind not in OUTPUT_KINDS:
@@ -58,8 +52,7 @@ def output_dir(profile: str, kind: str | None = None) -> Path:
 
 
 def display_path(path) -> str:
-    """给人看的路径：在仓库里面就写成相对仓库根目录的形式（如 outputs/demo/figures/a.png），
-    免得笔记本和讲义里出现某台电脑上的绝对路径；在仓库外面则原样返回。"""
+    """给人看的路径：仓库里的写成相对路径（如 outputs/demo/figures/a.png），不写某台电脑上的绝对路径；仓库外的原样返回。"""
     path = Path(path)
     try:
         return path.resolve().relative_to(REPO_ROOT).as_posix()

@@ -1,7 +1,6 @@
-"""训练：笔记本 04 写出来的 ``train_one_epoch`` 和 ``evaluate``，以及在它们外面加了检查点、续训、特征缓存和进度条的 ``fit``。
+"""训练：04 写出来的 ``train_one_epoch`` 和 ``evaluate``（一字不差），以及外面加了检查点、续训、特征缓存的 ``fit``。
 
-``train_one_epoch`` 和 ``evaluate`` 与 04 里的代码一字不差（``tests/test_notebook_code.py``）。``evaluate`` 是课程里
-唯一的“只前向、不求梯度”的循环：验证、测试、预测（对 logits 取 softmax）和提取特征（分类头换成 ``nn.Identity``）都用它。
+``evaluate`` 是课程里唯一的“只前向、不求梯度”的循环：验证、测试、预测和提取特征（分类头换成 ``nn.Identity``）都用它。
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
@@ -25,7 +25,6 @@ __all__ = ["train_one_epoch", "evaluate", "fit"]
 
 
 # ---------------------------------------------------------------- 笔记本 04 写出来的代码（原样保存在这里）
-
 
 def train_one_epoch(model, loader, criterion, optimizer, device, max_batches=None):
     """训练一轮，返回这一轮的平均损失和准确率；max_batches 不是 None 时只训练这么多个批次。"""
@@ -59,7 +58,6 @@ def evaluate(model, loader, device):
 
 # ---------------------------------------------------------------- 特征：主干给每张图的向量
 
-
 def backbone_features(model, loader, device):
     """主干网络对每张图输出的特征（也就是分类头的输入），返回 (特征, labels)。
 
@@ -76,41 +74,34 @@ def backbone_features(model, loader, device):
 
 def _cached_loaders(model, train_loader, val_loader, device):
     """freeze 的特征缓存：训练集（换成评估预处理，没有随机增广）和验证集的特征各算一遍，包成新的 DataLoader。"""
-    plain = _with_eval_transform(train_loader.dataset, val_loader.dataset)
-    train_set = TensorDataset(*backbone_features(model, DataLoader(plain, batch_size=train_loader.batch_size), device))
+    train_ds, val_ds = train_loader.dataset, val_loader.dataset
+    if not isinstance(train_ds, Subset) or not isinstance(val_ds, Subset):
+        raise ValueError("特征缓存需要 03 的 make_datasets 建的训练集和验证集（Subset 包着 ImageFolder）。")
+    folder = copy.copy(train_ds.dataset)  # 训练集的副本，预处理换成验证集的评估预处理
+    folder.transform = val_ds.dataset.transform
+    if hasattr(folder, "transforms"):  # torchvision 的数据集另存了一份 (transform, target_transform)
+        folder.transforms = val_ds.dataset.transforms
+    plain = DataLoader(Subset(folder, train_ds.indices), batch_size=train_loader.batch_size)
+    train_set = TensorDataset(*backbone_features(model, plain, device))
     val_set = TensorDataset(*backbone_features(model, val_loader, device))
     batch_size = train_loader.batch_size or 32
     return (DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=train_loader.generator),
             DataLoader(val_set, batch_size=batch_size))
 
 
-def _with_eval_transform(train_ds, val_ds):
-    """训练集的一个副本，预处理换成验证集用的评估预处理（数据集都是 Subset(ImageFolder)，见 03）。"""
-    if not isinstance(train_ds, Subset) or not isinstance(val_ds, Subset):
-        raise ValueError("特征缓存需要 03 的 make_datasets 建的训练集和验证集（Subset 包着 ImageFolder）。")
-    folder = copy.copy(train_ds.dataset)
-    folder.transform = val_ds.dataset.transform
-    if hasattr(folder, "transforms"):  # torchvision 的数据集另存了一份 (transform, target_transform)
-        folder.transforms = val_ds.dataset.transforms
-    return Subset(folder, train_ds.indices)
-
-
 # ---------------------------------------------------------------- fit：04 的循环，加上检查点、续训和特征缓存
-
 
 def fit(model, head, train_loader, val_loader, optimizer, *, epochs: int, device, checkpoint_dir=None,
         run_name: str = "run", resume: bool = False, max_batches: int | None = None, meta: dict | None = None,
         feature_cache: bool = False) -> list[dict]:
-    """训练 epochs 轮，每轮结束在验证集上评估，返回历史记录（每轮一个字典）。
+    """训练 epochs 轮（每轮 04 的 ``train_one_epoch``，再 ``evaluate`` 验证集），返回历史记录（每轮一个字典：epoch、
+    train_loss、train_acc、val_loss、val_acc、lr（分类头的）、seconds、cache_seconds）。
 
-    每轮做的就是 04 写出来的两步：``train_one_epoch``，再 ``evaluate`` 验证集。另外：
-    - 给出 checkpoint_dir 时，验证准确率创新高就写 ``<run_name>_best.pt``，每轮都写 ``<run_name>_last.pt``
-      （带优化器和随机数状态）；``resume=True`` 从 last 接着训练，结果与不中断时完全相同；
-    - feature_cache=True（只用于 freeze）：主干的输出先算一遍存起来，之后每轮只训练分类头；
-      训练集的特征用评估预处理计算，所以没有数据增广：用增广换速度；
-    - CPU 和 CUDA 上模型用 channels_last 内存布局训练（CPU 上快 1.25–2.3 倍，见 benchmarks/），结束后换回原来的布局。
-    每轮的字典：epoch、train_loss、train_acc、val_loss、val_acc、lr（分类头的学习率）、seconds、cache_seconds。
-    meta 是写进检查点的元数据（``cu.checkpoints.REQUIRED_META`` 列出必须有的项）。
+    给出 checkpoint_dir 时，验证准确率创新高就写 ``<run_name>_best.pt``，每轮都写带优化器和随机数状态的
+    ``<run_name>_last.pt``；``resume=True`` 从 last 接着训练，结果与不中断时完全相同。meta 写进检查点
+    （``cu.checkpoints.REQUIRED_META`` 是必须有的项）。feature_cache=True（只用于 freeze）：主干的输出先算一遍，
+    之后每轮只训练分类头；训练集特征用评估预处理算，用数据增广换速度。CPU 和 CUDA 上用 channels_last 内存布局训练
+    （CPU 上快 1.25–2.3 倍，见 benchmarks/），结束后换回。
     """
     device = torch.device(device)
     model.to(device)
@@ -220,8 +211,6 @@ class _Run:
 
 def _rng_state() -> dict:
     """Python、NumPy、PyTorch 的随机数状态，全部转成 weights_only 能加载的类型。"""
-    import numpy as np
-
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"python": [version, list(internal), gauss],
@@ -232,8 +221,6 @@ def _rng_state() -> dict:
 
 def _set_rng_state(pending, generator) -> None:
     """恢复随机数状态：续训后的每一轮与不中断时完全相同。"""
-    import numpy as np
-
     state, generator_state = pending
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

@@ -1,7 +1,6 @@
 """绘图的公共部分：保存图表、图片网格、数据集的统计图、预处理效果图、模型哪些层训练、训练曲线。
 
-评估专用的图（混淆矩阵、top-k 条形图）在 evaluate.py，三种策略的对比图在 compare.py。
-所有函数都返回 matplotlib 的 Figure；中文字体由 ``cu.setup_notebook()`` 统一注册，这里不改全局设置。
+评估专用的图在 evaluation.py，三种策略的对比图在 compare.py。都返回 Figure；中文字体由 ``cu.setup_notebook()`` 注册。
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ CHANNEL_NAMES = ("R（红）", "G（绿）", "B（蓝）")
 
 
 def save_figure(fig, profile: str, name: str, formats: tuple[str, ...] = ("png",)) -> str:
-    """把图保存到 ``outputs/<档位>/figures/<name>.<格式>``，返回第一个文件给人看的路径
-    （仓库里的写成相对路径，如 ``outputs/demo/figures/a.png``，笔记本里直接显示它）。"""
+    """把图保存到 ``outputs/<档位>/figures/<name>.<格式>``，返回第一个文件给人看的路径（笔记本里直接显示它）。"""
     out_dir = output_dir(profile, "figures")
     saved = [out_dir / f"{name}.{fmt}" for fmt in formats]
     for path in saved:
@@ -57,12 +55,9 @@ def message_figure(text: str):
 
 def show_images(images, titles=None, *, ncols: int | None = None, size: float = 2.2, suptitle: str | None = None,
                 title_colors=None):
-    """把若干张图片排成网格，每张下面写上（中文）标题。
+    """把若干张图片（PIL 图片、路径、数组或取值 0–1 的 (通道, 高, 宽) 张量）排成网格，每张写上（中文）标题。
 
-    参数：
-        images：PIL 图片、路径、数组或 (通道, 高, 宽) 的张量（取值 0–1）组成的列表。
-        titles：每张图的标题；title_colors：每个标题的颜色（如把预测错的标成红色）。
-        ncols：每行几张；None 时自动选择。size：每张图的边长（英寸）。
+    title_colors：每个标题的颜色（如把预测错的标成红色）；ncols：每行几张，None 时自动选择；size：每张的边长（英寸）。
     """
     import matplotlib.pyplot as plt
 
@@ -73,14 +68,12 @@ def show_images(images, titles=None, *, ncols: int | None = None, size: float = 
     nrows = math.ceil(len(images) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
                              squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= len(images):
-            continue
-        ax.imshow(_as_array(images[k]))
+    for ax in axes.flat:
+        ax.axis("off")  # 也包括最后一行多出来的空格子
+    for k, (ax, image) in enumerate(zip(axes.flat, images)):
+        ax.imshow(_as_array(image))
         if titles is not None:
-            color = title_colors[k] if title_colors is not None else "black"
-            ax.set_title(str(titles[k]), fontsize=10, color=color)
+            ax.set_title(str(titles[k]), fontsize=10, color=title_colors[k] if title_colors is not None else "black")
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -88,11 +81,7 @@ def show_images(images, titles=None, *, ncols: int | None = None, size: float = 
 
 
 def show_batch(images, labels, class_names, mean, std, *, n: int = 16, ncols: int = 8):
-    """显示一个批次的前 n 张图：先撤销归一化（mean、std 是归一化时用的），标题是类名。
-
-    参数：
-        images：形状 (批量大小, 通道数, 高, 宽) 的张量（归一化过的）；labels：类别序号。
-    """
+    """显示一个批次（归一化过的 (批量大小, 通道数, 高, 宽) 张量）的前 n 张图：先用 mean、std 撤销归一化，标题是类名。"""
     from .data import denormalize
 
     shown = denormalize(images[:n], mean, std)
@@ -104,10 +93,8 @@ SPLIT_LABELS = {"train": "train/（训练 + 验证）", "val": "val/（测试集
 
 
 def plot_class_counts(counts, title: str = "每类图片数"):
-    """每类图片数的横向条形图；counts 是 02 数出来的表格（行：类别，列：train / val）。
-
-    图例写明两个目录的用途（验证集从 train/ 划出，val/ 当测试集），放在图的右侧，不挡住条形。
-    """
+    """每类图片数的横向条形图；counts 是 02 数出来的表格（行：类别，列：train / val）。图例写明两个目录的用途，
+    放在右侧，不挡住条形。"""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -123,10 +110,9 @@ def plot_class_counts(counts, title: str = "每类图片数"):
 
 
 def plot_image_sizes(table):
-    """图片尺寸与宽高比：左图每张图的宽和高（散点），右图宽高比的分布（直方图）。
+    """图片尺寸与宽高比：左图每张图的宽和高（散点），右图宽高比的分布；table 是 02 读出的表（列：划分、宽、高、宽高比）。
 
-    table 是 02 用 PIL 读出的表格（每张图一行；列：划分、宽、高、宽高比）。
-    所有图片尺寸都相同时（如演示数据），图上只会有一个点：这时只打印一句说明，不画图，返回 None。
+    所有图片尺寸都相同时（如演示数据），图上只会有一个点：这时只打印一句说明，返回 None。
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -154,9 +140,7 @@ def plot_image_sizes(table):
 
 def show_augmentations(image, image_size: int, resize_size: int, *, n_random: int = 3, seed: int = 0):
     """在同一张图上看每个预处理步骤的效果：原图、随机裁剪缩放（几次）、水平翻转、缩放、中心裁剪。
-
-    seed 固定随机裁剪的随机数，让图可以复现（不改变全局的随机数状态）。
-    """
+    seed 让随机裁剪可以复现（不改变全局的随机数状态）。"""
     import torch
     from torchvision.transforms import v2
 
@@ -179,12 +163,9 @@ def show_augmentations(image, image_size: int, resize_size: int, *, n_random: in
 
 
 def plot_pixel_histogram(before, after, *, max_pixels: int = 20000, seed: int = 0):
-    """归一化前后像素值的分布（每个颜色通道一条曲线）。
+    """归一化前（before，取值 0–1）后（after）像素值的分布，每个颜色通道一条曲线。
 
-    参数：
-        before：归一化之前的张量（取值 0–1），形状 (通道数, 高, 宽) 或 (批量大小, 通道数, 高, 宽)。
-        after：归一化之后的同一批数据。
-        max_pixels：每个通道最多随机取这么多个像素来画，保证速度。
+    张量形状 (通道数, 高, 宽) 或 (批量大小, 通道数, 高, 宽)；每个通道最多随机取 max_pixels 个像素来画，保证速度。
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -209,17 +190,13 @@ def plot_pixel_histogram(before, after, *, max_pixels: int = 20000, seed: int = 
 
 # ---------------------------------------------------------------- 模型与训练
 
-
 BLOCK_STATES = {"冻结": 0.0, "部分训练": 0.5, "训练": 1.0}  # 每块的状态 -> 颜色
 BLOCK_COLORS = ["#9bb7d4", "#f2b880", "#e4572e"]  # 冻结：浅蓝；部分训练：浅橙；训练：橙红
 
 
 def plot_trainable_blocks(models: dict, title: str | None = None):
-    """画出每种策略下各块（顶层模块；Lite0 的 blocks 拆成 7 个阶段）是冻结、部分训练还是训练，格子里写参数量。
-
-    参数：
-        models：{行标签: 模型}，例如 ``{"freeze": 模型1, "finetune": 模型2}``。
-    """
+    """画出 {行标签: 模型}（如 ``{"freeze": 模型1, "finetune": 模型2}``）里各块（顶层模块；Lite0 的 blocks 拆成 7 个阶段）
+    是冻结、部分训练还是训练，格子里写参数量。"""
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns

@@ -5,11 +5,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 import course_utils as cu
-from course_utils import health
+from course_utils import demo, health
 
 
 def _fruit(name, i, size=64):
-    return cu.draw_fruit_image(name, size, np.random.default_rng([5, len(name), i]))
+    return demo.draw_fruit_image(name, size, np.random.default_rng([5, len(name), i]))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_summary_table_and_html(report, sick_root):
 
 
 def test_clean_generated_dataset_has_no_problems(tmp_path):
-    root = cu.generate_demo_dataset(tmp_path / "d", classes=list(cu.DEMO_FRUITS)[:4], train_per_class=8,
+    root = demo.generate_demo_dataset(tmp_path / "d", classes=list(demo.DEMO_FRUITS)[:4], train_per_class=8,
                                     test_per_class=3, image_size=48, seed=3)
     report = cu.check_dataset(root)
     assert report.ok and report.problems.empty, report.problems.to_string()
@@ -122,7 +122,7 @@ def test_clean_generated_dataset_has_no_problems(tmp_path):
 
 def test_duplicates_inside_train_are_leakage_into_validation(tmp_path):
     """验证集从 train/ 划出：train/ 内部的重复（完全相同或近似）也是泄漏；val/ 内部的重复只是提示。"""
-    root = cu.generate_demo_dataset(tmp_path / "d", classes=["香蕉", "柠檬"], train_per_class=3,
+    root = demo.generate_demo_dataset(tmp_path / "d", classes=["香蕉", "柠檬"], train_per_class=3,
                                     test_per_class=2, image_size=64, seed=4)
     banana, lemon = root / "train" / "香蕉", root / "train" / "柠檬"
     (banana / "copy.jpg").write_bytes((banana / "0003.jpg").read_bytes())
@@ -196,7 +196,7 @@ def test_colour_only_dataset_gives_one_group_per_colour_at_most(tmp_path):
 @pytest.mark.parametrize("copy", ["重新压缩", "缩小", "放大后重新压缩", "灰度"])
 def test_re_encoded_or_resized_copies_are_still_near_duplicates(tmp_path, copy):
     """演示数据那样背景平坦、带噪声的图：相邻像素几乎一样亮，指纹不能被噪声打乱。"""
-    originals = [cu.draw_fruit_image(name, 112, np.random.default_rng([2, k]))
+    originals = [demo.draw_fruit_image(name, 112, np.random.default_rng([2, k]))
                  for k, name in enumerate(["苹果-红", "香蕉", "猕猴桃", "西瓜", "柠檬", "葡萄-红"])]
     for k, image in enumerate(originals):
         (tmp_path / "train" / "水果").mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def test_hundred_look_alikes_are_reported_as_a_few_groups_with_counts(tmp_path):
     """两张照片各有 50 个略有不同的副本（亮度噪声、重新压缩），散在 train/ 和 val/ 里：
     两两相像的有两千多对，报告却只有两行，每行写明这一组有多少张。"""
     for k, name in enumerate(["香蕉", "西瓜"]):
-        base = np.asarray(cu.draw_fruit_image(name, 96, np.random.default_rng([3, k])), dtype=np.float32)
+        base = np.asarray(demo.draw_fruit_image(name, 96, np.random.default_rng([3, k])), dtype=np.float32)
         rng = np.random.default_rng(k)
         for i in range(50):
             split = "val" if i % 5 == 0 else "train"
@@ -230,6 +230,6 @@ def test_hundred_look_alikes_are_reported_as_a_few_groups_with_counts(tmp_path):
 
 def test_demo_dataset_has_no_near_duplicates(tmp_path):
     """演示数据每张图都是单独画的：不该有近似重复的警告（颜色和明暗都要相近才算）。"""
-    root = cu.generate_demo_dataset(tmp_path / "d", classes=list(cu.DEMO_FRUITS), train_per_class=10,
+    root = demo.generate_demo_dataset(tmp_path / "d", classes=list(demo.DEMO_FRUITS), train_per_class=10,
                                     test_per_class=4, image_size=64, seed=11)
     assert _near(cu.check_dataset(root)).empty
