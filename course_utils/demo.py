@@ -1,19 +1,21 @@
 """课程自带的演示数据集：用 PIL 和 NumPy 现场“画”出来的水果照片，不需要下载。
 
-目录结构与 fruit30 完全相同（``root/train/<类名>/*.jpg``、``root/val/<类名>/*.jpg``），
-类名也取自 fruit30。每张图的背景、位置、大小、角度、光照、遮挡和噪声都不同；
-有几组类别故意画得很像（苹果-红 与 西红柿、苹果-红 与 苹果-青、柠檬 与 芒果 / 脐橙），
+目录结构与类名都取自 fruit30（``root/train/<类名>/*.jpg``、``root/val/<类名>/*.jpg``）。每张图的背景、位置、大小、
+角度、光照、遮挡和噪声都不同；有几组类别故意画得很像（苹果-红 与 西红柿、苹果-红 与 苹果-青、柠檬 与 芒果 / 脐橙），
 这样三种迁移学习策略才会拉开差距。同一个随机种子生成的文件逐字节相同。
 """
 
 from __future__ import annotations
 
 import colorsys
+import functools
 import json
 import math
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +31,6 @@ SUPERSAMPLE = 2  # 先在 2 倍大小的画布上画，再缩小，边缘更平�
 
 
 # ---------------------------------------------------------------- 颜色与形状的小工具
-
-
 def _hsv(rng, hue, sat, val, jitter=(6.0, 0.08, 0.08), alpha=255):
     """色相（度）、饱和度、明度各加一点随机抖动，返回 RGBA 元组。"""
     h = ((hue + rng.normal(0, jitter[0])) % 360) / 360
@@ -48,11 +48,8 @@ def _shade(color, factor, alpha=None):
 
 def _curve(cx, cy, rx, ry, radius_fn=None, n=120):
     """参数曲线围成的多边形：椭圆，可用 radius_fn(t) 调整每个方向的半径（t=−π/2 朝上）。"""
-    points = []
-    for t in np.linspace(-math.pi, math.pi, n, endpoint=False):
-        k = radius_fn(t) if radius_fn else 1.0
-        points.append((cx + rx * k * math.cos(t), cy + ry * k * math.sin(t)))
-    return points
+    ks = [(t, radius_fn(t) if radius_fn else 1.0) for t in np.linspace(-math.pi, math.pi, n, endpoint=False)]
+    return [(cx + rx * k * math.cos(t), cy + ry * k * math.sin(t)) for t, k in ks]
 
 
 def _blur(layer, radius):
@@ -67,11 +64,14 @@ def _blur(layer, radius):
     return out
 
 
-def _mask_of(size, draw_fn):
-    """在单通道蒙版上画出形状，用来把纹理限制在果实内部。"""
-    mask = Image.new("L", (size, size), 0)
-    draw_fn(ImageDraw.Draw(mask))
-    return mask
+@contextmanager
+def _texture(layer, blur=0.0, mask=None):
+    """给果实画纹理：with 块里用产出的画笔画在透明图层上，结束时（先模糊 blur）按蒙版贴回果实。
+    mask 默认是进入 with 时果实的轮廓，纹理不会画到果实外面。"""
+    mask = layer.getchannel("A").copy() if mask is None else mask
+    texture = Image.new("RGBA", layer.size, (0, 0, 0, 0))
+    yield ImageDraw.Draw(texture)
+    _paint_inside(layer, mask, _blur(texture, blur) if blur else texture)
 
 
 def _paint_inside(layer, mask, texture):
@@ -92,13 +92,11 @@ def _dots(rng, draw, cx, cy, rx, ry, count, dot, color_fn):
 
 def _gloss(layer, rng, cx, cy, rx, ry, strength):
     """高光：果实左上方一块模糊的白色椭圆。"""
-    size = layer.size[0]
     spot = Image.new("RGBA", layer.size, (255, 255, 255, 0))
     hx, hy = cx - rx * rng.uniform(0.25, 0.45), cy - ry * rng.uniform(0.3, 0.5)
     w, h = rx * rng.uniform(0.18, 0.3), ry * rng.uniform(0.1, 0.2)
     ImageDraw.Draw(spot).ellipse([hx - w, hy - h, hx + w, hy + h], fill=(255, 255, 255, int(255 * strength)))
-    spot = _blur(spot, size * 0.012)
-    _paint_inside(layer, layer.getchannel("A"), spot)
+    _paint_inside(layer, layer.getchannel("A"), _blur(spot, layer.width * 0.012))
 
 
 def _stem(draw, rng, x, y, length, width):
@@ -113,49 +111,36 @@ def _leaf(draw, rng, x, y, length, angle):
     color = _hsv(rng, 110, 0.65, 0.55)
     ux, uy = math.cos(angle), math.sin(angle)
     px, py = -uy, ux
-    pts = []
-    for s in np.linspace(0, 1, 24):
-        w = length * 0.28 * math.sin(math.pi * s)
-        pts.append((x + ux * length * s + px * w, y + uy * length * s + py * w))
-    for s in np.linspace(1, 0, 24):
-        w = length * 0.28 * math.sin(math.pi * s)
-        pts.append((x + ux * length * s - px * w, y + uy * length * s - py * w))
-    draw.polygon(pts, fill=color)
+    # 先沿叶脉一侧从叶柄走到叶尖，再沿另一侧走回来
+    sides = [(s, length * 0.28 * math.sin(math.pi * s) * side)
+             for side, ends in ((1, (0, 1)), (-1, (1, 0))) for s in np.linspace(*ends, 24)]
+    draw.polygon([(x + ux * length * s + px * w, y + uy * length * s + py * w) for s, w in sides], fill=color)
     draw.line([(x, y), (x + ux * length * 0.9, y + uy * length * 0.9)], fill=_shade(color, 0.7), width=2)
 
 
 def _star(draw, cx, cy, r_out, r_in, points, color, rotation=0.0):
-    """星形（西红柿和草莓顶上的绿色萼片）。"""
-    pts = []
-    for i in range(points * 2):
-        r = r_out if i % 2 == 0 else r_in
-        a = rotation - math.pi / 2 + i * math.pi / points
-        pts.append((cx + r * math.cos(a), cy + r * math.sin(a)))
-    draw.polygon(pts, fill=color)
+    """星形（西红柿和草莓顶上的绿色萼片）：外角半径 r_out 与内角半径 r_in 交替。"""
+    tips = [(r_in if i % 2 else r_out, rotation - math.pi / 2 + i * math.pi / points) for i in range(points * 2)]
+    draw.polygon([(cx + r * math.cos(a), cy + r * math.sin(a)) for r, a in tips], fill=color)
 
 
 # ---------------------------------------------------------------- 每种水果怎么画
-# 每个函数在透明图层 layer 上以 (cx, cy) 为中心、R 为大致半径画一个“正立”的水果。
-
-
-def _apple(layer, rng, cx, cy, R, hue, sat, val, streaks):
-    draw = ImageDraw.Draw(layer)
+# 每个函数用画笔 draw 在透明图层 layer 上以 (cx, cy) 为中心、R 为大致半径画一个“正立”的水果。
+def _apple(layer, draw, rng, cx, cy, R, *, skin, streak):
+    """苹果：skin 是果皮的 (色相, 饱和度, 明度)，streak 是条纹的 (色相, 饱和度, 明度, 不透明度)。"""
     dent = rng.uniform(0.12, 0.22)
     def radius(t):  # 顶部凹进去一块（果柄处），底部略收窄
         return (1 - dent * math.exp(-((t + math.pi / 2) / 0.35) ** 2)) * (1 - 0.1 * max(0.0, math.sin(t)))
 
     shape = _curve(cx, cy, R, R * rng.uniform(0.86, 0.96), radius)
-    color = _hsv(rng, hue, sat, val)
+    color = _hsv(rng, *skin)
     draw.polygon(shape, fill=color)
-    mask = layer.getchannel("A").copy()
-    texture = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-    tdraw = ImageDraw.Draw(texture)
-    for _ in range(int(rng.integers(5, 12))):  # 竖向的条纹
-        x = cx + rng.uniform(-0.8, 0.8) * R
-        tdraw.line([(x, cy - R), (x + rng.uniform(-0.2, 0.2) * R, cy + R)], fill=streaks(),
-                   width=int(R * rng.uniform(0.04, 0.1)))
-    _dots(rng, tdraw, cx, cy, R * 0.85, R * 0.8, 40, R * 0.018, lambda: _shade(color, 1.35, 150))
-    _paint_inside(layer, mask, _blur(texture, R * 0.03))
+    with _texture(layer, blur=R * 0.03) as tdraw:
+        for _ in range(int(rng.integers(5, 12))):  # 竖向的条纹
+            x = cx + rng.uniform(-0.8, 0.8) * R
+            tdraw.line([(x, cy - R), (x + rng.uniform(-0.2, 0.2) * R, cy + R)],
+                       fill=_hsv(rng, *streak[:3], alpha=streak[3]), width=int(R * rng.uniform(0.04, 0.1)))
+        _dots(rng, tdraw, cx, cy, R * 0.85, R * 0.8, 40, R * 0.018, lambda: _shade(color, 1.35, 150))
     _gloss(layer, rng, cx, cy, R, R, rng.uniform(0.35, 0.6))
     top = cy - R * (1 - dent) * 0.92
     _stem(draw, rng, cx, top + R * 0.08, R * rng.uniform(0.3, 0.45), R * 0.07)
@@ -163,16 +148,7 @@ def _apple(layer, rng, cx, cy, R, hue, sat, val, streaks):
         _leaf(draw, rng, cx + R * 0.03, top - R * 0.12, R * rng.uniform(0.45, 0.7), rng.uniform(-2.8, -1.9))
 
 
-def _red_apple(layer, rng, cx, cy, R):
-    _apple(layer, rng, cx, cy, R, 356, 0.78, 0.72, lambda: _hsv(rng, 20, 0.7, 0.9, alpha=90))
-
-
-def _green_apple(layer, rng, cx, cy, R):
-    _apple(layer, rng, cx, cy, R, 82, 0.62, 0.8, lambda: _hsv(rng, 60, 0.5, 0.95, alpha=70))
-
-
-def _tomato(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _tomato(layer, draw, rng, cx, cy, R):
     lobes, phase = int(rng.integers(4, 7)), rng.uniform(0, math.pi)
     shape = _curve(cx, cy, R * 1.04, R * rng.uniform(0.8, 0.9), lambda t: 1 + 0.035 * math.cos(lobes * t + phase))
     draw.polygon(shape, fill=_hsv(rng, 4, 0.88, 0.82))
@@ -185,16 +161,11 @@ def _tomato(layer, rng, cx, cy, R):
 
 def _citrus_texture(layer, rng, cx, cy, rx, ry, color, count):
     """柑橘类果皮上的小油胞：深浅不一的小点。"""
-    mask = layer.getchannel("A").copy()
-    texture = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-    tdraw = ImageDraw.Draw(texture)
-    _dots(rng, tdraw, cx, cy, rx, ry, count, rx * 0.02,
-          lambda: _shade(color, rng.choice([0.82, 1.12]), 140))
-    _paint_inside(layer, mask, texture)
+    with _texture(layer) as tdraw:
+        _dots(rng, tdraw, cx, cy, rx, ry, count, rx * 0.02, lambda: _shade(color, rng.choice([0.82, 1.12]), 140))
 
 
-def _lemon(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _lemon(layer, draw, rng, cx, cy, R):
     rx, ry = R * rng.uniform(1.15, 1.3), R * rng.uniform(0.8, 0.9)
     color = _hsv(rng, 53, 0.82, 0.93)
     # 两头各有一个小尖：在左右方向把半径拉长
@@ -203,8 +174,7 @@ def _lemon(layer, rng, cx, cy, R):
     _gloss(layer, rng, cx, cy, rx, ry, 0.3)
 
 
-def _orange(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _orange(layer, draw, rng, cx, cy, R):
     color = _hsv(rng, 29, 0.9, 0.94, jitter=(3, 0.05, 0.05))
     draw.ellipse([cx - R, cy - R * 0.96, cx + R, cy + R * 0.96], fill=color)
     _citrus_texture(layer, rng, cx, cy, R * 0.9, R * 0.88, color, 160)
@@ -216,21 +186,18 @@ def _orange(layer, rng, cx, cy, R):
     _gloss(layer, rng, cx, cy, R, R, 0.25)
 
 
-def _mango(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _mango(layer, draw, rng, cx, cy, R):
     bend = rng.uniform(0.1, 0.22)
     shape = [(x + bend * R * (1 - ((y - cy) / R) ** 2), y)
              for x, y in _curve(cx, cy, R * 0.82, R * 1.12, lambda t: 1 + 0.08 * math.sin(t))]
     base = _hsv(rng, 46, 0.85, 0.93)
     draw.polygon(shape, fill=base)
-    mask = layer.getchannel("A").copy()
-    blush = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-    bdraw = ImageDraw.Draw(blush)
-    side = rng.choice([-1, 1])  # 一侧泛绿或泛红
-    tint = _hsv(rng, rng.choice([95, 10]), 0.7, 0.7, alpha=int(rng.uniform(120, 200)))
-    bdraw.ellipse([cx + side * R * 0.2 - R * 0.8, cy - R * 1.1, cx + side * R * 0.2 + R * 0.5, cy + R * 0.2], fill=tint)
-    _paint_inside(layer, mask, _blur(blush, R * 0.35))
-    _dots(rng, ImageDraw.Draw(layer), cx, cy, R * 0.7, R * 0.95, 25, R * 0.012, lambda: _shade(base, 0.75))
+    with _texture(layer, blur=R * 0.35) as bdraw:
+        side = rng.choice([-1, 1])  # 一侧泛绿或泛红
+        tint = _hsv(rng, rng.choice([95, 10]), 0.7, 0.7, alpha=int(rng.uniform(120, 200)))
+        bdraw.ellipse([cx + side * R * 0.2 - R * 0.8, cy - R * 1.1, cx + side * R * 0.2 + R * 0.5, cy + R * 0.2],
+                      fill=tint)
+    _dots(rng, draw, cx, cy, R * 0.7, R * 0.95, 25, R * 0.012, lambda: _shade(base, 0.75))
     _gloss(layer, rng, cx, cy, R * 0.8, R, 0.3)
 
 
@@ -240,13 +207,10 @@ def _banana_one(draw, rng, cx, cy, R, color):
     ox, oy = cx, cy - arc_r * 0.75
     a0, a1 = math.radians(rng.uniform(35, 50)), math.radians(rng.uniform(130, 145))
     width = R * rng.uniform(0.28, 0.36)
-    outer, inner, ridge = [], [], []
-    for s in np.linspace(0, 1, 40):
-        a = a0 + (a1 - a0) * s
-        w = width * (math.sin(math.pi * s) ** 0.6)
-        outer.append((ox + (arc_r + w) * math.cos(a), oy + (arc_r + w) * math.sin(a)))
-        inner.append((ox + (arc_r - w * 0.6) * math.cos(a), oy + (arc_r - w * 0.6) * math.sin(a)))
-        ridge.append((ox + (arc_r + w * 0.3) * math.cos(a), oy + (arc_r + w * 0.3) * math.sin(a)))
+    arc = [(a0 + (a1 - a0) * s, width * (math.sin(math.pi * s) ** 0.6)) for s in np.linspace(0, 1, 40)]
+    # 外缘、内缘（只有外缘一半多宽）和表面的棱，都沿同一段圆弧
+    outer, inner, ridge = ([(ox + (arc_r + k * w) * math.cos(a), oy + (arc_r + k * w) * math.sin(a)) for a, w in arc]
+                           for k in (1, -0.6, 0.3))
     draw.polygon(outer + inner[::-1], fill=color)
     draw.line(ridge, fill=_shade(color, 0.85), width=max(1, int(R * 0.03)))
     for end in (outer[0], outer[-1]):  # 两头深褐色的蒂
@@ -254,71 +218,58 @@ def _banana_one(draw, rng, cx, cy, R, color):
         draw.ellipse([end[0] - r, end[1] - r, end[0] + r, end[1] + r], fill=_hsv(rng, 30, 0.6, 0.3))
 
 
-def _banana(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _banana(layer, draw, rng, cx, cy, R):
     color = _hsv(rng, rng.choice([52, 58, 70]), 0.82, 0.92)
     for k in range(int(rng.integers(1, 4))):  # 一到三根一串
         _banana_one(draw, rng, cx + k * R * 0.15, cy + k * R * 0.18, R, _shade(color, 1 - 0.07 * k))
-    mask = layer.getchannel("A").copy()
-    spots = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-    _dots(rng, ImageDraw.Draw(spots), cx, cy, R * 1.3, R * 0.8, int(rng.integers(0, 40)), R * 0.02,
-          lambda: _hsv(rng, 30, 0.7, 0.35, alpha=200))
-    _paint_inside(layer, mask, spots)
+    with _texture(layer) as sdraw:
+        _dots(rng, sdraw, cx, cy, R * 1.3, R * 0.8, int(rng.integers(0, 40)), R * 0.02,
+              lambda: _hsv(rng, 30, 0.7, 0.35, alpha=200))
 
 
-def _watermelon(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _watermelon(layer, draw, rng, cx, cy, R):
     if rng.random() < 0.5:  # 整个西瓜：浅绿底色上的深绿锯齿条纹
         rx, ry = R * 1.15, R * 0.95
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=_hsv(rng, 100, 0.55, 0.65))
-        mask = layer.getchannel("A").copy()
-        stripes = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-        sdraw, dark = ImageDraw.Draw(stripes), _hsv(rng, 125, 0.75, 0.28)
-        for k in np.linspace(-1, 1, int(rng.integers(6, 9))):
-            pts = [(cx + k * rx * math.cos(math.asin(max(-1, min(1, v)))) + R * 0.05 * math.sin(v * 18), cy + v * ry)
-                   for v in np.linspace(-1, 1, 40)]
-            sdraw.line(pts, fill=dark, width=int(R * 0.12))
-        _paint_inside(layer, mask, stripes)
+        with _texture(layer) as sdraw:
+            dark = _hsv(rng, 125, 0.75, 0.28)
+            for k in np.linspace(-1, 1, int(rng.integers(6, 9))):
+                sdraw.line([(cx + k * rx * math.cos(math.asin(max(-1, min(1, v)))) + R * 0.05 * math.sin(v * 18),
+                             cy + v * ry) for v in np.linspace(-1, 1, 40)], fill=dark, width=int(R * 0.12))
         _gloss(layer, rng, cx, cy, rx, ry, 0.25)
     else:  # 一块西瓜：红瓤、白边、绿皮、黑籽
         a0 = rng.uniform(0, 0.3)
         box = [cx - R * 1.2, cy - R * 1.0, cx + R * 1.2, cy + R * 1.4]
-        draw.pieslice(box, 180 + a0 * 60, 360 - a0 * 60, fill=_hsv(rng, 120, 0.7, 0.45))
-        draw.pieslice([box[0] + R * 0.1, box[1] + R * 0.1, box[2] - R * 0.1, box[3] - R * 0.1],
-                      180 + a0 * 60, 360 - a0 * 60, fill=_hsv(rng, 60, 0.25, 0.92))
-        draw.pieslice([box[0] + R * 0.18, box[1] + R * 0.18, box[2] - R * 0.18, box[3] - R * 0.18],
-                      180 + a0 * 60, 360 - a0 * 60, fill=_hsv(rng, 354, 0.72, 0.9))
+        for inset, hsv in ((0, (120, 0.7, 0.45)), (0.1, (60, 0.25, 0.92)), (0.18, (354, 0.72, 0.9))):
+            d = R * inset  # 绿皮、白边、红瓤一层套一层
+            draw.pieslice([box[0] + d, box[1] + d, box[2] - d, box[3] - d], 180 + a0 * 60, 360 - a0 * 60,
+                          fill=_hsv(rng, *hsv))
         for _ in range(int(rng.integers(6, 14))):  # 籽：在扇形的红瓤里按极坐标撒
             a, d = math.radians(rng.uniform(200, 340)), R * rng.uniform(0.35, 0.85)
             x, y = cx + d * math.cos(a), cy + R * 0.2 + d * 0.9 * math.sin(a)
             draw.ellipse([x - R * 0.035, y - R * 0.05, x + R * 0.035, y + R * 0.05], fill=(25, 20, 20, 255))
 
 
-def _strawberry(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _strawberry(layer, draw, rng, cx, cy, R):
     # 上宽下尖的心形：半径随角度变化，底部收成尖
     shape = _curve(cx, cy, R * 0.85, R, lambda t: 1 - 0.3 * max(0.0, math.sin(t)) ** 3 + 0.15 * max(0.0, -math.sin(t)))
     shape = [(x + (x - cx) * -0.35 * max(0.0, (y - cy) / R), y) for x, y in shape]
     color = _hsv(rng, 356, 0.85, 0.85)
     draw.polygon(shape, fill=color)
-    mask = layer.getchannel("A").copy()
-    seeds = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-    sdraw, step = ImageDraw.Draw(seeds), R * rng.uniform(0.17, 0.22)
-    for row, y in enumerate(np.arange(cy - R, cy + R, step)):
-        for x in np.arange(cx - R + (row % 2) * step / 2, cx + R, step):
-            sdraw.ellipse([x - R * 0.025, y - R * 0.04, x + R * 0.025, y + R * 0.04], fill=_hsv(rng, 50, 0.6, 0.95))
-    _paint_inside(layer, mask, seeds)
+    with _texture(layer) as sdraw:
+        step = R * rng.uniform(0.17, 0.22)
+        for row, y in enumerate(np.arange(cy - R, cy + R, step)):  # 籽交错排开
+            for x in np.arange(cx - R + (row % 2) * step / 2, cx + R, step):
+                sdraw.ellipse([x - R * 0.025, y - R * 0.04, x + R * 0.025, y + R * 0.04], fill=_hsv(rng, 50, 0.6, 0.95))
     _gloss(layer, rng, cx, cy, R * 0.8, R, 0.4)
     _star(draw, cx, cy - R * 0.92, R * rng.uniform(0.4, 0.55), R * 0.12, int(rng.integers(5, 8)),
           _hsv(rng, 110, 0.7, 0.5), rotation=rng.uniform(0, 1))
 
 
-def _grapes(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _grapes(layer, draw, rng, cx, cy, R):
     color, r = _hsv(rng, 325, 0.6, 0.45), R * rng.uniform(0.2, 0.25)
     draw.line([(cx, cy - R * 1.05), (cx + R * 0.05, cy - R * 1.35)], fill=_hsv(rng, 90, 0.5, 0.35), width=int(R * 0.06))
-    rows = [5, 5, 4, 4, 3, 2, 1]
-    for i, count in enumerate(rows):  # 倒三角排列的一串葡萄
+    for i, count in enumerate([5, 5, 4, 4, 3, 2, 1]):  # 倒三角排列的一串葡萄
         y = cy - R * 0.95 + i * r * 1.55
         for j in range(count):
             x = cx + (j - (count - 1) / 2) * r * 1.7 + rng.normal(0, r * 0.15)
@@ -327,31 +278,25 @@ def _grapes(layer, rng, cx, cy, R):
             draw.ellipse([x - r * 0.55, y - r * 0.7, x - r * 0.2, y - r * 0.35], fill=_shade(c, 1.6))
 
 
-def _kiwi(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _kiwi(layer, draw, rng, cx, cy, R):
     skin = _hsv(rng, 32, 0.55, 0.45)
     if rng.random() < 0.5:  # 整个猕猴桃：褐色、毛茸茸
         draw.ellipse([cx - R * 1.15, cy - R * 0.9, cx + R * 1.15, cy + R * 0.9], fill=skin)
-        mask = layer.getchannel("A").copy()
-        fuzz = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-        _dots(rng, ImageDraw.Draw(fuzz), cx, cy, R * 1.1, R * 0.85, 260, R * 0.02,
-              lambda: _shade(skin, rng.choice([0.7, 1.3]), 160))
-        _paint_inside(layer, mask, fuzz)
+        with _texture(layer) as fdraw:
+            _dots(rng, fdraw, cx, cy, R * 1.1, R * 0.85, 260, R * 0.02,
+                  lambda: _shade(skin, rng.choice([0.7, 1.3]), 160))
     else:  # 切开的猕猴桃：褐色外圈、绿色果肉、浅色中心、一圈黑籽
         draw.ellipse([cx - R, cy - R * 0.92, cx + R, cy + R * 0.92], fill=skin)
         draw.ellipse([cx - R * 0.93, cy - R * 0.85, cx + R * 0.93, cy + R * 0.85], fill=_hsv(rng, 78, 0.8, 0.72))
         for k in range(int(rng.integers(22, 34))):
-            a = k * 2 * math.pi / 30 + rng.normal(0, 0.05)
-            d = R * rng.uniform(0.3, 0.42)
+            a, d = k * 2 * math.pi / 30 + rng.normal(0, 0.05), R * rng.uniform(0.3, 0.42)
             x, y = cx + d * math.cos(a), cy + d * 0.92 * math.sin(a)
             draw.ellipse([x - R * 0.03, y - R * 0.03, x + R * 0.03, y + R * 0.03], fill=(20, 20, 15, 255))
         draw.ellipse([cx - R * 0.25, cy - R * 0.22, cx + R * 0.25, cy + R * 0.22], fill=_hsv(rng, 60, 0.25, 0.92))
 
 
-def _dragon_fruit(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
-    body = _hsv(rng, 330, 0.75, 0.85)
-    draw.ellipse([cx - R * 0.85, cy - R, cx + R * 0.85, cy + R], fill=body)
+def _dragon_fruit(layer, draw, rng, cx, cy, R):
+    draw.ellipse([cx - R * 0.85, cy - R, cx + R * 0.85, cy + R], fill=_hsv(rng, 330, 0.75, 0.85))
     for k in range(int(rng.integers(9, 14))):  # 鳞片：绿色尖端的三角
         a = rng.uniform(0, 2 * math.pi)
         bx, by = cx + R * 0.75 * math.cos(a), cy + R * 0.9 * math.sin(a)
@@ -360,29 +305,27 @@ def _dragon_fruit(layer, rng, cx, cy, R):
     _gloss(layer, rng, cx, cy, R * 0.85, R, 0.35)
 
 
-def _pineapple(layer, rng, cx, cy, R):
-    draw = ImageDraw.Draw(layer)
+def _pineapple(layer, draw, rng, cx, cy, R):
     for k in range(7):  # 顶上的叶冠
         a = -math.pi / 2 + (k - 3) * 0.28
         draw.polygon([(cx - R * 0.1, cy - R * 0.75), (cx + R * 0.1, cy - R * 0.75),
                       (cx + R * 1.0 * math.cos(a), cy - R * 0.75 + R * 0.9 * math.sin(a))],
                      fill=_hsv(rng, 120, 0.6, 0.45))
-    color = _hsv(rng, 38, 0.85, 0.78)
-    draw.ellipse([cx - R * 0.75, cy - R * 0.85, cx + R * 0.75, cy + R * 1.05], fill=color)
-    body = [cx - R * 0.75, cy - R * 0.85, cx + R * 0.75, cy + R * 1.05]
-    mask = _mask_of(layer.size[0], lambda d: d.ellipse(body, fill=255))
-    grid = Image.new("RGBA", layer.size, (0, 0, 0, 0))
-    gdraw = ImageDraw.Draw(grid)
-    for k in np.arange(-2, 2, 0.28):  # 交叉的斜线：菠萝的菱形格
-        gdraw.line([(cx + k * R - R, cy - R), (cx + k * R + R, cy + R)], fill=_shade(color, 0.6), width=int(R * 0.04))
-        gdraw.line([(cx + k * R + R, cy - R), (cx + k * R - R, cy + R)], fill=_shade(color, 0.6), width=int(R * 0.04))
-    _paint_inside(layer, mask, grid)
+    color, body = _hsv(rng, 38, 0.85, 0.78), [cx - R * 0.75, cy - R * 0.85, cx + R * 0.75, cy + R * 1.05]
+    draw.ellipse(body, fill=color)
+    mask = Image.new("L", layer.size, 0)  # 纹理只画在果身上，不画到叶冠上
+    ImageDraw.Draw(mask).ellipse(body, fill=255)
+    with _texture(layer, mask=mask) as gdraw:
+        for k in np.arange(-2, 2, 0.28):  # 交叉的斜线：菠萝的菱形格
+            for s in (1, -1):
+                gdraw.line([(cx + k * R - s * R, cy - R), (cx + k * R + s * R, cy + R)], fill=_shade(color, 0.6),
+                           width=int(R * 0.04))
 
 
 # 类名 -> (画法, 允许旋转的最大角度)。顺序固定：它决定每个类别的随机数流，不要调整已有项的顺序。
 DEMO_FRUITS = {
-    "苹果-红": (_red_apple, 25),
-    "苹果-青": (_green_apple, 25),
+    "苹果-红": (functools.partial(_apple, skin=(356, 0.78, 0.72), streak=(20, 0.7, 0.9, 90)), 25),
+    "苹果-青": (functools.partial(_apple, skin=(82, 0.62, 0.8), streak=(60, 0.5, 0.95, 70)), 25),
     "西红柿": (_tomato, 25),
     "柠檬": (_lemon, 60),
     "脐橙": (_orange, 30),
@@ -398,8 +341,6 @@ DEMO_FRUITS = {
 
 
 # ---------------------------------------------------------------- 背景、阴影、遮挡、噪声
-
-
 def _background(rng, size):
     """桌面背景：纯色渐变、木纹、格子布、墙面与桌面三选一，颜色随机（也可能和水果同色）。"""
     kind = rng.choice(["plain", "wood", "cloth", "table"])
@@ -413,8 +354,7 @@ def _background(rng, size):
     elif kind == "cloth":
         cell = int(size / rng.uniform(5, 10))
         yy, xx = np.mgrid[0:size, 0:size]
-        check = (((yy // cell) + (xx // cell)) % 2)[:, :, None]
-        img = img * (0.8 + 0.2 * check)
+        img = img * (0.8 + 0.2 * (((yy // cell) + (xx // cell)) % 2)[:, :, None])  # 棋盘格
     elif kind == "table":
         horizon = int(size * rng.uniform(0.25, 0.5))
         img[horizon:] = np.array(_hsv(rng, rng.uniform(0, 360), 0.3, 0.6)[:3])
@@ -479,13 +419,7 @@ def _rotated_patch(layer, angle, cx, cy):
 
 
 def draw_fruit_image(name: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """画一张 size×size 的水果照片（RGB）。
-
-    参数：
-        name：DEMO_FRUITS 里的类名，例如 "苹果-红"。
-        size：输出边长（像素）。
-        rng：numpy 随机数生成器；同一个生成器状态画出同一张图。
-    """
+    """画一张 size×size 的水果照片（RGB）；name 是 DEMO_FRUITS 里的类名，同一个 rng 状态画出同一张图。"""
     if name not in DEMO_FRUITS:
         raise KeyError(f"演示数据集里没有“{name}”这一类。可选：{'、'.join(DEMO_FRUITS)}。")
     drawer, max_rotation = DEMO_FRUITS[name]
@@ -495,7 +429,7 @@ def draw_fruit_image(name: str, size: int, rng: np.random.Generator) -> Image.Im
     cx, cy = S * rng.uniform(0.32, 0.68), S * rng.uniform(0.35, 0.68)  # 位置
     canvas.alpha_composite(_shadow(S, rng, cx, cy, R))
     fruit = Image.new("RGBA", (S, S), (0, 0, 0, 0))
-    drawer(fruit, rng, cx, cy, R)
+    drawer(fruit, ImageDraw.Draw(fruit), rng, cx, cy, R)
     fruit = _lighting(fruit, rng, cx, cy, R)
     patch, corner = _rotated_patch(fruit, rng.uniform(-max_rotation, max_rotation), cx, cy)
     canvas.alpha_composite(patch, dest=corner)
@@ -510,8 +444,6 @@ def draw_fruit_image(name: str, size: int, rng: np.random.Generator) -> Image.Im
 
 
 # ---------------------------------------------------------------- 生成整个数据集
-
-
 def _draw_and_save(job) -> None:
     path, name, is_test, index, image_size, seed = job
     # 每张图有自己的随机数流：只取决于种子、类别、划分和序号
@@ -519,28 +451,16 @@ def _draw_and_save(job) -> None:
     draw_fruit_image(name, image_size, rng).save(path, quality=90)
 
 
-def _spec(classes, train_per_class, test_per_class, image_size, seed) -> dict:
-    return {"version": DRAWING_VERSION, "classes": list(classes), "train_per_class": int(train_per_class),
-            "test_per_class": int(test_per_class), "image_size": int(image_size), "seed": int(seed)}
+def generate_demo_dataset(root, *, classes, train_per_class: int, test_per_class: int, image_size: int,
+                          seed: int) -> Path:
+    """生成演示数据集（fruit30 的目录结构：``root/train/<类名>/``、``root/val/<类名>/``），返回 root。
 
-
-def generate_demo_dataset(
-    root, *, classes, train_per_class: int, test_per_class: int, image_size: int, seed: int
-) -> Path:
-    """生成演示数据集（fruit30 的目录结构），返回数据集根目录。
-
-    已经用相同参数完整生成过（根目录里有标记文件）就直接返回，不会重画；
-    生成到一半被打断的残留会被清掉重来。先写到临时目录，全部画完才改名为 root。
-
-    参数：
-        root：数据集根目录，生成后内含 ``train/<类名>/`` 与 ``val/<类名>/``。
-        classes：类名列表，取自 DEMO_FRUITS。
-        train_per_class / test_per_class：每类放进 train/ 和 val/ 的图片数。
-        image_size：图片边长（像素）。
-        seed：随机种子；同一个种子生成的文件逐字节相同。
+    classes 取自 DEMO_FRUITS；train_per_class / test_per_class 是每类放进 train/、val/ 的张数；同一个 seed 逐字节相同。
+    相同参数完整生成过（有标记文件）就直接返回；先画到临时目录，画完才改名为 root；被打断的残留会清掉重来。
     """
     root = Path(root)
-    spec = _spec(classes, train_per_class, test_per_class, image_size, seed)
+    spec = {"version": DRAWING_VERSION, "classes": list(classes), "train_per_class": int(train_per_class),
+            "test_per_class": int(test_per_class), "image_size": int(image_size), "seed": int(seed)}
     marker = root / MARKER
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == spec:
         return root
@@ -549,7 +469,9 @@ def generate_demo_dataset(
     unknown = [c for c in classes if c not in DEMO_FRUITS]
     if unknown:
         raise KeyError(f"演示数据集不会画这些类别：{'、'.join(unknown)}。可选：{'、'.join(DEMO_FRUITS)}。")
-    _remove_stale_partials(root)
+    for leftover in root.parent.glob(f"{root.name}.partial*"):  # 以前被打断的生成留下的临时目录
+        if leftover.is_dir() and time.time() - leftover.stat().st_mtime > 600:  # 10 分钟内的可能还有进程在写
+            shutil.rmtree(leftover, ignore_errors=True)
     partial = root.with_name(f"{root.name}.partial-{os.getpid()}")  # 每个进程各用一个临时目录
     shutil.rmtree(partial, ignore_errors=True)
     jobs = [(partial / split / name / f"{i + 1:04d}.jpg", name, split == "val", i, image_size, seed)
@@ -559,9 +481,8 @@ def generate_demo_dataset(
         path.mkdir(parents=True, exist_ok=True)
     # 多线程一起画（PIL 和 NumPy 的大部分运算不占 GIL）；每张图的内容与线程和顺序无关
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for _ in progress_bar(pool.map(_draw_and_save, jobs), total=len(jobs),
-                              desc=f"生成演示数据 {root.name}", disable=len(jobs) < 200):
-            pass
+        list(progress_bar(pool.map(_draw_and_save, jobs), total=len(jobs), desc=f"生成演示数据 {root.name}",
+                          disable=len(jobs) < 200))
     (partial / MARKER).write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == spec:
         shutil.rmtree(partial)  # 另一个笔记本同时生成完了同样的数据：用它的
@@ -570,12 +491,3 @@ def generate_demo_dataset(
         shutil.rmtree(root)  # 旧版本（参数或画法不同）的演示数据集，带着我们的标记文件
     partial.rename(root)
     return root
-
-
-def _remove_stale_partials(root: Path, max_age_s: float = 600) -> None:
-    """删掉以前被打断的生成留下的临时目录（10 分钟内的可能属于正在生成的另一个进程，先不动）。"""
-    import time
-
-    for leftover in root.parent.glob(f"{root.name}.partial*"):
-        if leftover.is_dir() and time.time() - leftover.stat().st_mtime > max_age_s:
-            shutil.rmtree(leftover, ignore_errors=True)

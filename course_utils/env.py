@@ -26,14 +26,8 @@ def seed_everything(seed: int = 42) -> None:
 
 
 def get_device(prefer: str | None = None):
-    """选择计算设备：CUDA 优先，其次 Apple 芯片的 MPS，最后 CPU。
-
-    参数：
-        prefer：强制使用的设备名（"cuda" / "mps" / "cpu"）；None 表示自动选择。
-            也可以用环境变量 COURSE_DEVICE 指定。
-    返回：
-        torch.device
-    """
+    """选择计算设备（torch.device）：CUDA 优先，其次 Apple 芯片的 MPS，最后 CPU。
+    prefer（"cuda" / "mps" / "cpu"）或环境变量 COURSE_DEVICE 可以强制指定。"""
     import torch
 
     prefer = prefer or os.environ.get("COURSE_DEVICE") or None
@@ -56,20 +50,13 @@ def device_hint(device) -> str:
         return f"使用 GPU：{torch.cuda.get_device_name(device)}。"
     if kind == "mps":
         return "使用 Apple 芯片的 MPS 加速。"
-    return (
-        "没有检测到 GPU，将用 CPU 训练。CPU 上建议使用 quick 或 demo 档位"
-        "（在 parameters 单元格设置 PROFILE，或设置环境变量 COURSE_PROFILE）；"
-        "完整的 full 档位在 CPU 上要数小时。"
-    )
+    return ("没有检测到 GPU，将用 CPU 训练。CPU 上建议使用 quick 或 demo 档位"
+            "（在 parameters 单元格设置 PROFILE，或设置环境变量 COURSE_PROFILE）；完整的 full 档位在 CPU 上要数小时。")
 
 
 def setup_notebook(seed: int = 42) -> None:
-    """每个笔记本开头调用一次：固定随机种子，注册中文字体，统一绘图风格。
-
-    这是 course_utils 里唯一会修改全局状态的函数：随机数生成器、matplotlib 的 rcParams
-    （课程的 seaborn 风格、中文字体、分辨率）和 matplotlib 的字体列表（在内存里加入课程字体）。
-    导入 course_utils 本身没有任何副作用。
-    """
+    """每个笔记本开头调用一次：固定随机种子，注册中文字体，统一绘图风格。这是 course_utils 里唯一会修改全局状态的
+    函数：随机数生成器、matplotlib 的 rcParams（风格、字体、分辨率）和字体列表；导入 course_utils 本身没有副作用。"""
     import matplotlib as mpl
 
     from .fonts import set_theme
@@ -79,9 +66,7 @@ def setup_notebook(seed: int = 42) -> None:
     mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-# ---------------------------------------------------------------------------
-# 环境检查：check_environment()，以及命令行 python -m course_utils doctor
-# ---------------------------------------------------------------------------
+# ---------------------------------------------------------------- 环境检查：check_environment() 与 doctor 命令
 
 REQUIREMENTS_FILE = paths.REPO_ROOT / "requirements.txt"
 MIN_PYTHON = (3, 10)
@@ -99,9 +84,7 @@ def _item(ok: bool, detail: str, required: bool = True) -> dict:
 
 
 def _tag(item: dict) -> str:
-    if item["ok"]:
-        return "[通过]"
-    return "[失败]" if item["required"] else "[提示]"
+    return "[通过]" if item["ok"] else "[失败]" if item["required"] else "[提示]"
 
 
 def _check_python() -> dict:
@@ -113,18 +96,13 @@ def _check_python() -> dict:
 
 
 def _pinned_requirements() -> list:
-    """requirements.txt 里写死版本的包（packaging 的 Requirement 列表）。
-
-    文件不在（例如不是从仓库安装的）时，改读已安装的 course-utils 包声明的依赖。
-    """
+    """requirements.txt 里写死版本的包（Requirement 列表）；文件不在（不是从仓库安装的）时读 course-utils 包的依赖。"""
     from importlib import metadata
 
     from packaging.requirements import Requirement
 
-    if REQUIREMENTS_FILE.is_file():
-        lines = REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()
-    else:
-        lines = metadata.requires("course-utils") or []
+    lines = (REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines() if REQUIREMENTS_FILE.is_file()
+             else metadata.requires("course-utils") or [])
     specs = [line.split("#")[0].strip() for line in lines]
     return [Requirement(spec) for spec in specs if spec and not spec.startswith("-")]
 
@@ -138,9 +116,8 @@ def _check_package(requirement) -> dict:
         installed = metadata.version(requirement.name)
     except metadata.PackageNotFoundError:
         return _item(False, f"没有安装（要求 {requirement.specifier}）。{fix}")
-    if requirement.specifier.contains(installed.split("+")[0], prereleases=True):
-        return _item(True, installed)
-    return _item(False, f"装的是 {installed}，课程测试过的是 {requirement.specifier}。{fix}")
+    ok = requirement.specifier.contains(installed.split("+")[0], prereleases=True)
+    return _item(ok, installed if ok else f"装的是 {installed}，课程测试过的是 {requirement.specifier}。{fix}")
 
 
 def _check_device() -> dict:
@@ -149,9 +126,7 @@ def _check_device() -> dict:
         device = get_device()
     except (ImportError, RuntimeError) as exc:
         return _item(False, f"无法确定计算设备：{exc}。先确认 PyTorch 装好了（见上面 torch 一行）。")
-    if device.type in ("cuda", "mps"):
-        return _item(True, device_hint(device), required=False)
-    return _item(False, device_hint(device), required=False)
+    return _item(device.type in ("cuda", "mps"), device_hint(device), required=False)
 
 
 def _check_font() -> dict:
@@ -214,28 +189,16 @@ def _check_dataset(settings) -> dict:
 
 
 def check_environment(print_report: bool = True, profile: str | None = None) -> dict:
-    """检查课程需要的环境，逐项给出 [通过] / [失败] / [提示]。
+    """检查课程需要的环境，逐项给出 [通过] / [失败] / [提示]（print_report=True 时每项打印一行）；不修改全局设置。
 
-    检查：Python 版本；requirements.txt 里每个包的版本（torch、torchvision……）；计算设备；
-    中文字体；数据和输出所在磁盘的剩余空间；输出目录能否写入；当前档位的数据集。
-    本函数不修改任何全局设置。
-
-    参数：
-        print_report：是否打印检查结果（每项一行）。
-        profile：档位名；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
-    返回：
-        字典：检查项 -> {"ok": 是否通过, "detail": 说明, "required": 不通过时是否算失败}。
-        检查项依次为 "python"、各个包名（如 "torch"）、"device"、"font"、"disk"、"outputs"、"dataset"。
+    profile：按哪个档位检查磁盘空间和数据集；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
+    返回：检查项 -> {"ok": 是否通过, "detail": 说明, "required": 不通过时是否算失败}；检查项依次为 "python"、
+    requirements.txt 里的各个包名（如 "torch"）、"device"、"font"、"disk"、"outputs"、"dataset"。
     """
     settings = resolve_settings(profile)
-    report = {"python": _check_python()}
-    for requirement in _pinned_requirements():
-        report[requirement.name.lower()] = _check_package(requirement)
-    report["device"] = _check_device()
-    report["font"] = _check_font()
-    report["disk"] = _check_disk(settings.profile)
-    report["outputs"] = _check_outputs(settings.profile)
-    report["dataset"] = _check_dataset(settings)
+    report = {"python": _check_python(), **{r.name.lower(): _check_package(r) for r in _pinned_requirements()},
+              "device": _check_device(), "font": _check_font(), "disk": _check_disk(settings.profile),
+              "outputs": _check_outputs(settings.profile), "dataset": _check_dataset(settings)}
     if print_report:
         print(format_report(report, settings.profile))
     return report
@@ -246,10 +209,8 @@ def format_report(report: dict, profile: str) -> str:
     lines = [f"环境检查（档位 {profile}）"]
     lines += [f"{_tag(item)} {LABELS.get(name, name)}：{item['detail']}" for name, item in report.items()]
     failed = [LABELS.get(name, name) for name, item in report.items() if not item["ok"] and item["required"]]
-    if failed:
-        lines.append(f"有 {len(failed)} 项必需的检查没有通过：{'、'.join(failed)}。按上面的说明处理后重新检查。")
-    else:
-        lines.append("必需的检查全部通过，可以开始学习了。[提示] 只是建议，不影响运行。")
+    lines.append(f"有 {len(failed)} 项必需的检查没有通过：{'、'.join(failed)}。按上面的说明处理后重新检查。" if failed
+                 else "必需的检查全部通过，可以开始学习了。[提示] 只是建议，不影响运行。")
     return "\n".join(lines)
 
 

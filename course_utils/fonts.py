@@ -1,11 +1,8 @@
 """中文字体：让 matplotlib 和 seaborn 的图表正常显示中文（不再是一个个方框）。
 
-matplotlib 自带的 DejaVu Sans 没有汉字。课程自带一个开源中文字体：文泉驿微米黑的子集
-``fonts/WenQuanYiMicroHei-Subset.ttf``（Apache-2.0，TrueType 轮廓，覆盖 GB2312 和课程用到的每个字），
-用 ``fontManager.addfont()`` 在内存里注册：不复制进 matplotlib 的安装目录，也不删除缓存。
-如果你的电脑上有 SimHei（黑体），或者把 ``SimHei.ttf`` 放进了 ``fonts/``，就和原教程一样优先用它。
-
-本模块的函数只在被调用时修改 matplotlib 的全局设置；导入本模块没有副作用。
+matplotlib 自带的 DejaVu Sans 没有汉字。课程自带文泉驿微米黑的子集 ``fonts/WenQuanYiMicroHei-Subset.ttf``
+（Apache-2.0，TrueType 轮廓，覆盖 GB2312 和课程用到的每个字），只在内存里注册（不复制进 matplotlib、不删缓存）。
+电脑上有 SimHei（黑体），或者把 ``SimHei.ttf`` 放进了 ``fonts/``，就和原教程一样优先用它。导入本模块没有副作用。
 """
 
 from __future__ import annotations
@@ -52,28 +49,16 @@ def _codepoints(path: Path | str) -> frozenset[int]:
 
 
 def missing_glyphs(text: str, font_path: Path | str | None = None) -> set[str]:
-    """text 里哪些字在字体中没有字形（空白和控制字符不算）。
-
-    参数：
-        text：要检查的文字。
-        font_path：字体文件；None 表示课程自带的中文字体。
-    返回：
-        缺字的集合；空集合表示这个字体能完整显示 text。
-    """
+    """text 里哪些字在字体 font_path（None：课程自带的中文字体）中没有字形（空白和控制字符不算）。
+    返回缺字的集合；空集合表示这个字体能完整显示 text。"""
     codes = _codepoints(font_path or course_font_path())
     return {char for char in set(text) if char.isprintable() and not char.isspace() and ord(char) not in codes}
 
 
 def find_simhei(font_list) -> Path | None:
     """找 SimHei：先看 fonts/ 里学员自己放的文件，再看 matplotlib 已知的系统字体。"""
-    for name in ("SimHei.ttf", "simhei.ttf"):
-        local = paths.FONTS_DIR / name
-        if local.is_file():
-            return local
-    for entry in font_list:
-        if entry.name == SIMHEI:
-            return Path(entry.fname)
-    return None
+    local = [paths.FONTS_DIR / name for name in ("SimHei.ttf", "simhei.ttf") if (paths.FONTS_DIR / name).is_file()]
+    return next(iter(local + [Path(entry.fname) for entry in font_list if entry.name == SIMHEI]), None)
 
 
 def _register(path: Path) -> str:
@@ -88,16 +73,12 @@ def _register(path: Path) -> str:
 
 
 def setup_chinese_font() -> str:
-    """注册中文字体并设为 matplotlib 的首选无衬线字体，返回使用的字体族名。
+    """注册中文字体并设为 matplotlib 的首选无衬线字体，返回使用的字体族名；可以重复调用，结果相同。
 
-    - 有 SimHei 就用 SimHei（与原教程一致），否则用课程自带的文泉驿微米黑子集；
-      把它放在 ``font.sans-serif`` 的第一位，``font.family`` 设为 sans-serif。课程字体总会注册，
-      并排在第二位：首选字体读不出来时，matplotlib 接着用它。
-    - 只用 ``fontManager.addfont()`` 在内存里注册：不写 matplotlib 的安装目录，不删缓存。
+    - 有 SimHei 就用它（与原教程一致），否则用课程自带的文泉驿微米黑子集；课程字体总会注册并排在第二位，
+      首选字体读不出来时 matplotlib 接着用它。只用 ``fontManager.addfont()`` 在内存里注册，不写安装目录、不删缓存。
     - ``pdf.fonttype`` / ``ps.fonttype`` 设为 42：导出 PDF 时嵌入 TrueType 字体，文字可以复制和搜索。
-    - 负号：首选字体有“−”（U+2212）时保留它（课程字体有，排版更规范）；没有时（SimHei 没有）
-      把 ``axes.unicode_minus`` 设为 False，改用普通连字符，免得负数显示成方框。
-    - 可以重复调用，结果相同（幂等）。
+    - 首选字体没有负号“−”（U+2212，SimHei 没有）时把 ``axes.unicode_minus`` 设为 False，免得负数显示成方框。
     """
     import matplotlib as mpl
     from matplotlib import font_manager
@@ -108,23 +89,14 @@ def setup_chinese_font() -> str:
     family = _register(primary)
     first = list(dict.fromkeys([family, fallback]))
     rest = [name for name in mpl.rcParams["font.sans-serif"] if name not in first]
-    mpl.rcParams.update({
-        "font.family": ["sans-serif"],
-        "font.sans-serif": first + rest,
-        "pdf.fonttype": 42,
-        "ps.fonttype": 42,
-        "axes.unicode_minus": UNICODE_MINUS in _codepoints(primary),
-    })
+    mpl.rcParams.update({"font.family": ["sans-serif"], "font.sans-serif": first + rest, "pdf.fonttype": 42,
+                         "ps.fonttype": 42, "axes.unicode_minus": UNICODE_MINUS in _codepoints(primary)})
     return family
 
 
 def set_theme(**kwargs) -> str:
-    """课程统一的绘图风格：``seaborn.set_theme(**kwargs)``，再重新设置中文字体。
-
-    seaborn 的 ``set_theme()`` 会把字体重置成它自己的列表（里面没有中文字体），
-    所以课程里一律调用本函数。默认 ``style="whitegrid"``，其余参数与 seaborn 相同。
-    返回使用的中文字体族名。
-    """
+    """课程统一的绘图风格：``seaborn.set_theme(**kwargs)``（默认 ``style="whitegrid"``），再重新设置中文字体，
+    返回中文字体族名。seaborn 会把字体重置成它自己的列表（没有中文字体），所以课程里一律调用本函数。"""
     import seaborn as sns
 
     sns.set_theme(**{"style": "whitegrid", **kwargs})
@@ -132,12 +104,8 @@ def set_theme(**kwargs) -> str:
 
 
 def render_with_font(text: str, family: str = "DejaVu Sans", fontsize: int = 20):
-    """只用字体 family 把 text 画成一张图片，同时收集 matplotlib 发出的警告（演示缺字用）。
-
-    图在函数内部画完、转成 PNG 再关闭，警告不会漏到笔记本的输出里；不修改全局设置。
-    返回：
-        (PIL 图片, 警告文字列表)
-    """
+    """只用字体 family 把 text 画成一张图片，同时收集 matplotlib 发出的警告（演示缺字用），返回 (PIL 图片, 警告列表)。
+    图在函数内部画完、转成 PNG 再关闭，警告不会漏到笔记本的输出里；不修改全局设置。"""
     from matplotlib.figure import Figure
     from PIL import Image
 

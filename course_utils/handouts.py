@@ -1,18 +1,14 @@
 """HTML 讲义：把执行过的笔记本（``outputs/<档位>/notebooks/``）转成可以离线打开、打印的网页。
 
-- 用 nbconvert 的 HTMLExporter（lab 模板）转换，图表以 base64 嵌在页面里（照片多的大图改存 JPEG）；
-- 中文用课程自带的字体显示，与看讲义的电脑装了什么字体无关：每页嵌入一份只含本页字符的
-  WOFF2 子集字体（fontTools 生成），一页通常只多几百 KB，单个文件就能拷走、发邮件、离线打开；
-- 含公式（``$…$``、``$$…$$``）的页面嵌入一份 MathJax 3（django-static-mathjax 包带的 tex-svg-full.js，
-  约 2.2 MB），没有网络也能显示公式；没有公式的页面不带它；
-- 无人值守执行留下的进度条中间帧（``\\r``）被合并掉，只留最后一帧；只含进度条的 stderr 输出
-  按普通文字显示（不是出错的粉色底）；输出里本机的仓库路径写成相对路径，家目录写成 ``~``；
-- ``index.html`` 按编号列出课程各节，再列出“附：训练记录”（06 用 papermill 执行 04 的副本，
-  见 ``paths.RECORD_METADATA_KEY``）和参考答案；
-- 这次运行的 freeze / finetune 没有用上预训练权重时（smoke 档位除外），目录页和用到训练结果的页面
-  顶部有一条醒目的提示：这些数字不能说明迁移学习的效果；
-- 学生版（``student=True``，写到 ``handouts/student/``）去掉参考答案：打了 ``solution`` 标签的
-  单元格，以及执行过的参考答案笔记本（``outputs/<档位>/notebooks/solutions/``，只放进教师版）。
+- nbconvert 的 HTMLExporter（lab 模板）转换，图表以 base64 嵌在页面里（照片多的大图改存 JPEG）；
+- 每页嵌入一份只含本页字符的 WOFF2 子集字体（fontTools 生成，一页通常只多几百 KB）：中文显示与电脑装了什么字体无关，
+  单个文件就能拷走、发邮件、离线打开；含公式（``$…$``、``$$…$$``）的页面嵌入 MathJax 3（django-static-mathjax
+  包带的 tex-svg-full.js，约 2.2 MB），没有网络也能显示公式；
+- 进度条的中间帧（``\\r``）只留最后一帧，只含进度条的 stderr 按普通文字显示（不是出错的粉色底）；
+  输出里本机的仓库路径写成相对路径，家目录写成 ``~``；
+- ``index.html`` 按编号列出课程各节，再列出“附：训练记录”（06 用 papermill 执行 04 的副本）和参考答案；
+  freeze / finetune 没有用上预训练权重时（smoke 档位除外），目录页和用到训练结果的页面顶部有一条醒目的提示；
+- 学生版（``student=True``，写到 ``handouts/student/``）去掉打了 ``solution`` 标签的单元格和参考答案笔记本。
 
 命令行：``python -m course_utils handouts [--profile P] [--student]``，或 ``make handouts``。
 """
@@ -31,6 +27,7 @@ from pathlib import Path
 
 from . import paths
 from .config import resolve_profile
+from .fonts import course_font_path
 from .paths import NOTEBOOK_PATTERN, RECORD_METADATA_KEY
 
 __all__: list[str] = []  # 命令行 python -m course_utils handouts 用
@@ -112,44 +109,17 @@ class Page:
 
 
 # ---------------------------------------------------------------- 找笔记本、取标题
-
-
-def _executed_notebooks(source_dir: Path, student: bool) -> list[Path]:
-    """按编号列出执行过的笔记本；教师版再加上 solutions/ 里的参考答案。"""
-    found = sorted(p for p in source_dir.glob("*.ipynb") if NOTEBOOK_PATTERN.match(p.name))
-    if not student:
-        found += sorted((source_dir / "solutions").glob("*.ipynb"))
-    return found
-
-
 def _injected_parameters(nb) -> dict:
     """papermill 注入的参数（不含 PROFILE）；用来区分同一个笔记本的几次运行，如 04 的三种策略。"""
-    values = {}
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "injected-parameters" in cell.metadata.get("tags", []):
-            for node in ast.parse(cell.source).body:
-                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-                    values[node.targets[0].id] = ast.literal_eval(node.value)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" in c.metadata.get("tags", [])]
+    values = {node.targets[0].id: ast.literal_eval(node.value) for c in cells for node in ast.parse(c.source).body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
     values.pop("PROFILE", None)
     return values
 
 
-def _page_kind(path: Path, nb, lesson_stems: set[str]) -> str:
-    """参考答案、训练记录、选学（编号 10 起），还是核心课程的一节。
-
-    训练记录是 06 用 papermill 执行 04 得到的副本（``04_train_<策略>.ipynb``）：副本里有
-    ``paths.RECORD_METADATA_KEY`` 标记；没有标记的旧副本按文件名认（某一节的文件名加 “_后缀”）。
-    """
-
-    if path.parent.name == "solutions":
-        return "solution"
-    if RECORD_METADATA_KEY in nb.metadata or any(path.stem.startswith(f"{stem}_") for stem in lesson_stems):
-        return "record"
-    return "optional" if int(path.name[:2]) >= 10 else "lesson"
-
-
 def _describe(path: Path, nb, lesson_stems: set[str]) -> Page:
-    """从第一个 Markdown 单元格取标题（“# NN 标题”）和一句话说明（“> …”）。"""
+    """从第一个 Markdown 单元格取标题（“# NN 标题”）和一句话说明（“> …”），再认出页面的种类（PAGE_KINDS）。"""
     first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
     heading = next((line for line in first.splitlines() if line.startswith("# ")), f"# {path.stem}")
     purpose = next((line[1:].strip() for line in first.splitlines() if line.startswith(">")), "")
@@ -157,9 +127,14 @@ def _describe(path: Path, nb, lesson_stems: set[str]) -> Page:
     params = _injected_parameters(nb)
     if params:
         title += "（" + "，".join(f"{k} = {v}" for k, v in params.items()) + "）"
-    kind = _page_kind(path, nb, lesson_stems)
-    if kind == "record":
-        purpose = "用 papermill 执行的一次训练，保留了全部输出（06 的对比表和曲线来自这样的训练）。"
+    # 训练记录是 06 用 papermill 执行 04 得到的副本（04_train_<策略>.ipynb），有 RECORD_METADATA_KEY 标记；
+    # 没有标记的旧副本按文件名认（某一节的文件名加 “_后缀”）
+    if path.parent.name == "solutions":
+        kind = "solution"
+    elif RECORD_METADATA_KEY in nb.metadata or any(path.stem.startswith(f"{stem}_") for stem in lesson_stems):
+        kind, purpose = "record", "用 papermill 执行的一次训练，保留了全部输出（06 的对比表和曲线来自这样的训练）。"
+    else:
+        kind = "optional" if int(path.name[:2]) >= 10 else "lesson"  # 编号 10 起是选学
     file_name = ("solutions-" if kind == "solution" else "") + path.stem + ".html"
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     return Page(path, file_name, title, purpose, kind, any(call in code for call in MODEL_CALLS))
@@ -171,16 +146,11 @@ def _pages(notebooks: list[Path]) -> list[Page]:
 
     lesson_stems = {p.stem for p in paths.NOTEBOOKS_DIR.glob("*.ipynb") if NOTEBOOK_PATTERN.match(p.name)}
     lesson_stems |= {p.stem for p in notebooks if p.parent.name != "solutions"}
-    pages = []
-    for path in notebooks:
-        stems = lesson_stems - {path.stem}
-        pages.append(_describe(path, nbformat.read(path, as_version=4), stems))
+    pages = [_describe(path, nbformat.read(path, as_version=4), lesson_stems - {path.stem}) for path in notebooks]
     return sorted(pages, key=lambda page: (PAGE_KINDS.index(page.kind), page.file_name))
 
 
 # ---------------------------------------------------------------- 转换
-
-
 def _exporter(student: bool):
     """配置好的 HTMLExporter：lab 模板 + 课程模板、中文、合并进度条输出、学生版去掉参考答案。"""
     from jinja2 import DictLoader
@@ -193,12 +163,9 @@ def _exporter(student: bool):
         embed_images=True, language_code="zh", exclude_anchor_links=True,
     )
     remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG} if student else set(), enabled=True)
-    exporter.register_preprocessor(remove, enabled=True)
-    exporter.register_preprocessor(CoalesceStreamsPreprocessor(enabled=True), enabled=True)
-    exporter.register_preprocessor(_tidy_progress_bars, enabled=True)
-    exporter.register_preprocessor(_hide_machine_paths, enabled=True)
-    exporter.register_preprocessor(_drop_widget_placeholders, enabled=True)
-    exporter.register_preprocessor(_shrink_photos, enabled=True)
+    for step in (remove, CoalesceStreamsPreprocessor(enabled=True), _tidy_progress_bars, _hide_machine_paths,
+                 _drop_widget_placeholders, _shrink_photos):
+        exporter.register_preprocessor(step, enabled=True)
     return exporter
 
 
@@ -213,9 +180,8 @@ def _tidy_progress_bars(nb, resources):
             for line in output.text.split("\n"):
                 match, previous = PROGRESS_LINE.match(line), PROGRESS_LINE.match(lines[-1]) if lines else None
                 if match and previous and match.group("desc", "count") == previous.group("desc", "count"):
-                    lines[-1] = line  # 同一个进度条的同一个进度：留后一帧
-                else:
-                    lines.append(line)
+                    lines.pop()  # 同一个进度条的同一个进度：留后一帧
+                lines.append(line)
             output.text = "\n".join(lines)
             if all(PROGRESS_LINE.match(line) for line in lines if line.strip()):
                 output.name = "stdout"
@@ -250,10 +216,7 @@ def _drop_widget_placeholders(nb, resources):
 
 
 def _shrink_photos(nb, resources):
-    """照片多的大图（如分错的图片网格）PNG 动辄上 MB：换成 JPEG（质量 85）能小一半以上时就换。
-
-    线条和色块为主的图表 PNG 本来就小，不会被改动。
-    """
+    """照片多的大图（如分错的图片网格）PNG 动辄上 MB：换成 JPEG（质量 85）能小一半以上时就换（图表 PNG 本来就小）。"""
     from PIL import Image
 
     for cell in nb.cells:
@@ -295,14 +258,12 @@ def _render_page(exporter, pages: list[Page], index: int, banner: str) -> str:
         "course_nav": _navigation(pages, index),
         "course_banner": banner if page.uses_models else "",
     }
-    body, _ = exporter.from_notebook_node(nb, resources=resources)
-    return body
+    return exporter.from_notebook_node(nb, resources=resources)[0]
 
 
 def _link_pages(text: str, documents: dict[str, str]) -> str:
-    """笔记本之间的链接改成指向讲义里对应的页面：``04_train.ipynb`` -> ``04_train.html``，
-    ``solutions/05_…ipynb`` -> ``solutions-05_….html``，参考答案里的 ``../05_…ipynb`` -> ``05_….html``。
-    讲义里没有的页面（如学生版里的参考答案）不留死链接：换成一句说明。"""
+    """笔记本之间的链接指向讲义里对应的页面（``04_train.ipynb``、``solutions/05_…ipynb``、参考答案里的
+    ``../05_…ipynb`` -> ``04_train.html``、``solutions-05_….html``、``05_….html``）；讲义里没有的页面换成一句说明。"""
     def replace(match):
         prefix, stem, anchor, label = match.groups()
         page = ("solutions-" if prefix == "solutions/" else "") + f"{stem}.html"
@@ -331,11 +292,9 @@ def _render_index(pages: list[Page], profile: str, student: bool, banner: str) -
         if not group:
             continue
         heading, intro = SECTION_HEADINGS[kind]
-        items = "\n".join(
-            f'<li><a href="{p.file_name}">{html.escape(p.title)}</a>'
-            + (f'<p>{html.escape(p.purpose)}</p>' if p.purpose and kind != "record" else "") + "</li>"
-            for p in group
-        )
+        items = "\n".join(f'<li><a href="{p.file_name}">{html.escape(p.title)}</a>'
+                          + (f'<p>{html.escape(p.purpose)}</p>' if p.purpose and kind != "record" else "") + "</li>"
+                          for p in group)
         tag = "ol" if kind == "lesson" else "ul"
         sections.append(f"<h2>{heading}</h2>\n" + (f'<p class="intro">{intro}</p>\n' if intro else "")
                         + f"<{tag}>\n{items}\n</{tag}>")
@@ -372,11 +331,8 @@ def _weights_banner(profile: str, metrics_dir: Path) -> str:
 
     if profile == "smoke":  # smoke 档位本来就不用预训练权重，只检查流程
         return ""
-    runs = {}
-    for path in sorted(Path(metrics_dir).glob("*.json")):  # 除了每次训练的指标，还有类别映射等别的 JSON
-        metrics = read_metrics(path)
-        if isinstance(metrics, dict) and "weights" in metrics and "strategy" in metrics:
-            runs[metrics["strategy"]] = metrics
+    found = map(read_metrics, sorted(Path(metrics_dir).glob("*.json")))  # 除了训练指标，还有类别映射等别的 JSON
+    runs = {m["strategy"]: m for m in found if isinstance(m, dict) and "weights" in m and "strategy" in m}
     strategies, details = random_start(runs)
     if not strategies:
         return ""
@@ -390,17 +346,11 @@ def _weights_banner(profile: str, metrics_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- 字体
-
-
 def _font_subset(font_source, text: str, flavor: str | None) -> bytes:
     """只保留 text 里用到的字符的字体子集；flavor="woff2" 时输出压缩的网页字体。"""
     from fontTools import subset
 
-    options = subset.Options()
-    options.flavor = flavor
-    options.layout_features = ["*"]
-    options.name_IDs = ["*"]
-    options.notdef_outline = True
+    options = subset.Options(flavor=flavor, layout_features=["*"], name_IDs=["*"], notdef_outline=True)
     font = subset.load_font(font_source, options, dontLoadGlyphNames=True)
     subsetter = subset.Subsetter(options)
     subsetter.populate(text=text)
@@ -412,21 +362,16 @@ def _font_subset(font_source, text: str, flavor: str | None) -> bytes:
 
 def _page_characters(page_html: str) -> str:
     """页面可能显示的字符：全部可打印 ASCII，加上页面里出现的每个非 ASCII 字符。"""
-    ascii_chars = "".join(chr(c) for c in range(0x20, 0x7F))
-    return ascii_chars + "".join(sorted({ch for ch in page_html if ord(ch) > 0x7E}))
+    return "".join(map(chr, range(0x20, 0x7F))) + "".join(sorted({ch for ch in page_html if ord(ch) > 0x7E}))
 
 
 def _font_css(woff2: bytes) -> str:
     """嵌入字体的 @font-face，并让 JupyterLab 样式的正文、界面和代码（中文部分）都用它。"""
-    data = base64.b64encode(woff2).decode("ascii")
-    family = f'"{HANDOUT_FONT_FAMILY}"'
-    return (
-        f"@font-face {{ font-family: {family}; font-display: block;"
-        f" src: url(data:font/woff2;base64,{data}) format(\"woff2\"); }}\n"
-        f"html:root {{ --jp-content-font-family: {family}, sans-serif;"
-        f" --jp-ui-font-family: {family}, sans-serif;"
-        f" --jp-code-font-family: \"DejaVu Sans Mono\", Menlo, Consolas, {family}, monospace; }}\n"
-    )
+    family, data = f'"{HANDOUT_FONT_FAMILY}"', base64.b64encode(woff2).decode("ascii")
+    return (f"@font-face {{ font-family: {family}; font-display: block;"
+            f" src: url(data:font/woff2;base64,{data}) format(\"woff2\"); }}\n"
+            f"html:root {{ --jp-content-font-family: {family}, sans-serif; --jp-ui-font-family: {family}, sans-serif;"
+            f" --jp-code-font-family: \"DejaVu Sans Mono\", Menlo, Consolas, {family}, monospace; }}\n")
 
 
 def _embed_fonts(documents: dict[str, str], font_path: Path) -> dict[str, str]:
@@ -441,51 +386,37 @@ def _embed_fonts(documents: dict[str, str], font_path: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- 公式
-
-
 @functools.lru_cache(maxsize=1)
 def _mathjax_html() -> str:
     """嵌进含公式页面的 MathJax：设置加上整个 tex-svg-full.js（内联，页面单独拷走也能离线显示公式）。"""
     try:
         script = (importlib.resources.files(MATHJAX_PACKAGE) / MATHJAX_FILE).read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise FileNotFoundError(
-            f"讲义里有公式，离线显示公式要用 django-static-mathjax 包带的 MathJax（{MATHJAX_FILE}），但没有找到它。"
-            "运行 make venv，或 pip install -r requirements.txt，装上之后再生成讲义。"
-        ) from exc
+        raise FileNotFoundError(f"讲义里有公式，离线显示公式要用 django-static-mathjax 包带的 MathJax（{MATHJAX_FILE}），"
+                                "但没有找到它。运行 make venv，或 pip install -r requirements.txt，装上之后再生成讲义。") from exc
     script = script.replace("</script", "<\\/script")  # 内联时不能提前结束 <script>（在字符串和正则里含义不变）
     return MATHJAX_CONFIG % HANDOUT_FONT_FAMILY + f"<script>{script}</script>"
 
 
-def _default_font_path() -> Path:
-    from .fonts import course_font_path
-
-    return Path(course_font_path())
-
-
 # ---------------------------------------------------------------- 入口
-
-
 def build_handouts(profile: str | None = None, student: bool = False, source_dir=None, out_dir=None,
                    font_path=None, metrics_dir=None) -> Path:
     """把执行过的笔记本生成 HTML 讲义，返回目录页 index.html 的路径。
 
     参数：
-        profile：档位；None 表示读取环境变量 COURSE_PROFILE（默认 full）。
-        student：True 生成学生版（去掉 solution 标签的单元格和参考答案），写到 handouts/student/。
+        profile：档位；None 表示读取环境变量 COURSE_PROFILE（默认 full）。student：True 生成学生版。
         source_dir：执行过的笔记本所在目录，默认 ``outputs/<档位>/notebooks/``。
         out_dir：讲义输出目录，默认 ``outputs/<档位>/handouts/``（学生版再加 ``student/``）。
-        font_path：嵌入的中文字体，默认课程自带的字体（``cu.course_font_path()``）。
-        metrics_dir：训练指标 JSON 所在目录（判断有没有用上预训练权重），默认与 source_dir 同级的 ``metrics/``。
+        font_path：嵌入的中文字体，默认课程自带的字体；metrics_dir：训练指标 JSON 所在目录（判断有没有用上
+            预训练权重），默认与 source_dir 同级的 ``metrics/``。
     """
     profile = resolve_profile(profile)
     source_dir = Path(source_dir or paths.output_dir(profile, "notebooks"))
-    notebooks = _executed_notebooks(source_dir, student)
+    notebooks = sorted(p for p in source_dir.glob("*.ipynb") if NOTEBOOK_PATTERN.match(p.name))
+    notebooks += [] if student else sorted((source_dir / "solutions").glob("*.ipynb"))  # 参考答案只进教师版
     if not notebooks:
-        raise FileNotFoundError(
-            f"{source_dir} 里还没有执行过的笔记本。先运行 python -m course_utils run --profile {profile}"
-            f"（或 make run PROFILE={profile}），再生成讲义。"
-        )
+        raise FileNotFoundError(f"{source_dir} 里还没有执行过的笔记本。先运行 python -m course_utils run --profile "
+                                f"{profile}（或 make run PROFILE={profile}），再生成讲义。")
     out_dir = Path(out_dir) if out_dir else paths.output_dir(profile, "handouts") / ("student" if student else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = _pages(notebooks)
@@ -494,7 +425,7 @@ def build_handouts(profile: str | None = None, student: bool = False, source_dir
     documents = {page.file_name: _render_page(exporter, pages, i, banner) for i, page in enumerate(pages)}
     documents["index.html"] = _render_index(pages, profile, student, banner)
     documents = {name: _link_pages(text, documents) for name, text in documents.items()}
-    for name, text in _embed_fonts(documents, Path(font_path or _default_font_path())).items():
+    for name, text in _embed_fonts(documents, Path(font_path or course_font_path())).items():
         if MATHJAX_PLACEHOLDER in text:  # 字体嵌好之后再放 MathJax：它的 2 MB 脚本不参与挑选字体里的字
             text = text.replace(MATHJAX_PLACEHOLDER, _mathjax_html(), 1)
         (out_dir / name).write_text(text, encoding="utf-8")

@@ -1,11 +1,10 @@
 """数据健康检查：训练之前先给数据集“体检”，别让坏数据悄悄毁掉实验。
 
-检查项：读不出来或被截断的文件、非 RGB 模式（灰度 L、带透明 RGBA、调色板 P、印刷用 CMYK）、
-太小的图片、没有图片的类别、train/ 与 val/ 类别不一致、跨划分的完全重复（文件哈希相同）
-与近似重复（明暗结构的指纹和粗略的颜色都相近，如重新压缩或缩放过的同一张图；形状一样、颜色不同的
-两种水果不算）——它们会造成*数据泄漏*（data leakage），
-让测试成绩虚高——、train/ 内部的重复（验证集从 train/ 划出，重复图会泄漏到验证集），以及类别不均衡。
-近似重复按“一组彼此相像的图”报告，每组一行、写明张数，而不是每一对一行。任何一个坏文件都不会让检查本身崩溃。
+检查项：读不出来或被截断的文件、非 RGB 模式（灰度 L、带透明 RGBA、调色板 P、印刷用 CMYK）、太小的图片、
+没有图片的类别、train/ 与 val/ 类别不一致、类别不均衡，以及造成*数据泄漏*（data leakage）、让成绩虚高的重复：
+跨划分或 train/ 内部（验证集从 train/ 划出）的完全重复（文件哈希相同）与近似重复（明暗指纹和粗略的颜色都相近，
+如缩放或重新压缩过的同一张图；形状一样、颜色不同的两种水果不算）。近似重复每组彼此相像的图报告一行、写明张数。
+任何一个坏文件都不会让检查本身崩溃。
 """
 
 from __future__ import annotations
@@ -51,9 +50,8 @@ class DatasetReport:
     def _repr_html_(self) -> str:
         html = f"<p><b>数据健康检查</b>：{self.summary}</p>"
         if len(self.problems):
-            shown = self.problems.head(30)
-            html += shown.to_html(index=False)
-            if len(self.problems) > len(shown):
+            html += self.problems.head(30).to_html(index=False)
+            if len(self.problems) > 30:
                 html += f"<p>……共 {len(self.problems)} 条，完整列表见 <code>report.problems</code>。</p>"
         return html
 
@@ -107,14 +105,11 @@ def _scan(root: Path, show_progress: bool | None):
         for name in (list_classes(root / split) if (root / split).is_dir() else []):
             for path in sorted((root / split / name).rglob("*")):
                 relative = path.relative_to(root / split / name)
-                if path.is_dir() or any(is_junk_name(part) for part in relative.parts):
-                    continue
-                target = files if has_image_extension(path.name) else others
-                target.append((split, name, path))
-    rows = []
+                if not (path.is_dir() or any(is_junk_name(part) for part in relative.parts)):
+                    (files if has_image_extension(path.name) else others).append((split, name, path))
     show = len(files) > 200 if show_progress is None else show_progress
-    for split, name, path in progress_bar(files, desc="检查图片", disable=not show):
-        rows.append({"划分": split, "类别": name, "文件": path.relative_to(root).as_posix(), **_inspect(path)})
+    rows = [{"划分": split, "类别": name, "文件": path.relative_to(root).as_posix(), **_inspect(path)}
+            for split, name, path in progress_bar(files, desc="检查图片", disable=not show)]
     columns = ["划分", "类别", "文件", "字节", "sha256", "宽", "高", "模式", "格式", "dhash", "颜色", "错误", "读取警告"]
     table = pd.DataFrame(rows, columns=columns)
     table[["宽", "高"]] = table[["宽", "高"]].astype("Int64")  # 读不出的图片没有尺寸，其余是整数
@@ -147,7 +142,7 @@ def _class_problems(counts, imbalance_ratio: float) -> list[dict]:
     for name, row in counts.iterrows():
         for split in SPLITS:
             if not row["_has_" + split]:
-                other = [s for s in SPLITS if s != split][0]
+                other = SPLITS[1 - SPLITS.index(split)]
                 found.append({"级别": "错误", "问题": "类别不一致", "划分": split, "类别": name, "文件": "",
                               "说明": f"{other}/ 里有这个类别，{split}/ 里没有。两边的类别子目录必须相同。"})
             elif row[split] == 0:
@@ -168,17 +163,12 @@ LEAK_TO_VALIDATION = ("验证集是从 train/ 里随机划出的：这样的两�
 
 
 def _duplicate_problems(images) -> list[dict]:
-    """文件内容完全相同的图片。
-
-    跨 train/ 与 val/：测试集泄漏（警告）；都在 train/ 里：可能泄漏到验证集（警告）；都在 val/ 里：提示。
-    """
+    """文件内容完全相同的图片：跨 train/ 与 val/ 是测试集泄漏，都在 train/ 里可能泄漏到验证集（都是警告），都在 val/ 里是提示。"""
     found = []
-    readable = images[images["错误"].isna()]
-    for _, group in readable.groupby("sha256"):
+    for _, group in images[images["错误"].isna()].groupby("sha256"):
         if len(group) < 2:
             continue
-        splits = sorted(group["划分"].unique())
-        classes = sorted(group["类别"].unique())
+        splits, classes = sorted(group["划分"].unique()), sorted(group["类别"].unique())
         if len(splits) > 1:
             problem, level = "跨划分重复（泄漏）", "警告"
             why = "同一张图既在训练集又在测试集，测试成绩会虚高；从其中一边删掉。"
@@ -239,13 +229,10 @@ def _near_duplicate_problems(images, max_distance: int, max_colour: float) -> li
     train_index, val_index = np.flatnonzero(is_train), np.flatnonzero(~is_train)
     if not len(train_index):
         return []
-    hashes = np.stack(readable["dhash"].to_list())
+    hashes, sha = np.stack(readable["dhash"].to_list()), readable["sha256"].to_numpy()
     colours, gray = readable["颜色"].to_list(), readable["模式"].isin(GRAY_MODES).to_numpy()
-    sha = readable["sha256"].to_numpy()
     pairs, bits = [], {}
     for other, same in ((val_index, False), (train_index, True)):
-        if not len(other):
-            continue
         for i, j, distance in _close_pairs(hashes[train_index], hashes[other], max_distance, same):
             a, b = int(train_index[i]), int(other[j])
             if sha[a] == sha[b]:
@@ -282,8 +269,7 @@ def _summary(images, problems, counts) -> str:
     if problems.empty:
         return text + "没有发现问题。"
     tally = problems["级别"].value_counts()
-    parts = [f"{tally.get(level, 0)} 个{level}" for level in LEVELS]
-    text += "发现 " + "、".join(parts) + "。"
+    text += "发现 " + "、".join(f"{tally.get(level, 0)} 个{level}" for level in LEVELS) + "。"
     if tally.get("错误", 0):
         text += "先处理“错误”：它们会让训练出错或让结果不可信。"
     return text
@@ -294,12 +280,11 @@ def check_dataset(root, *, min_size: int = 32, imbalance_ratio: float = 3.0, nea
     """检查 ``root/train`` 与 ``root/val`` 两个划分里的全部图片，返回 DatasetReport。
 
     参数：
-        min_size：短边小于这个像素数算“图片太小”。
-        imbalance_ratio：同一划分里最多与最少的类别张数之比超过它，算“类别不均衡”。
+        min_size：短边小于它（像素）算“图片太小”；imbalance_ratio：同一划分里最多与最少的类别张数之比超过它算“类别不均衡”。
         near_duplicate_bits：两张图（train 与 val 之间，或都在 train 里）的明暗指纹（256 位）相差不超过这么多位，
             而且颜色签名相差不超过 near_duplicate_colour，才算“近似重复”；彼此相像的图合成一组，每组报告一行。
-        near_duplicate_colour：颜色签名（4×4 格的平均颜色）里最不一样的格子允许差多少（RGB 欧氏距离，0–441）。
-            重新压缩、缩放过的副本一般不到 10；颜色不同的水果（红苹果和猕猴桃）差 60 以上。
+        near_duplicate_colour：颜色签名（4×4 格的平均颜色）里最不一样的格子允许差多少（RGB 欧氏距离，0–441）：
+            重新压缩、缩放过的副本一般不到 10，颜色不同的水果（红苹果和猕猴桃）差 60 以上。
         show_progress：是否显示进度条；None 表示图片多于 200 张时显示。
     """
     import pandas as pd

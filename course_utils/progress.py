@@ -15,17 +15,13 @@ def is_headless() -> bool:
 
 
 def progress_bar(iterable=None, **kwargs):
-    """返回一个 tqdm 进度条，参数与 tqdm 相同。
-
-    交互运行时用 ``tqdm.auto``（JupyterLab 中是网页进度条）；无人值守时用文字进度条，
-    并把刷新间隔拉长，免得执行过的笔记本里堆满进度条的中间状态。
-    """
+    """tqdm 进度条，参数与 tqdm 相同：交互运行时用 ``tqdm.auto``（JupyterLab 中是网页进度条）；
+    无人值守时用文字进度条，并把刷新间隔拉长，免得执行过的笔记本里堆满进度条的中间状态。"""
     if is_headless():
         from tqdm import tqdm
 
         if kwargs.get("leave") is False:  # 无人值守时不画一闪而过的内层进度条（每批一条），只留外层
             kwargs.setdefault("disable", True)
-
         kwargs.setdefault("mininterval", 10.0)
         kwargs.setdefault("ascii", True)
     else:

@@ -1,7 +1,6 @@
-"""按顺序无人值守地执行课程笔记本（papermill），并汇总结果。
+"""按顺序无人值守地执行课程笔记本（papermill），并汇总结果（``python -m course_utils run --help``）。
 
-命令行用法见 ``python -m course_utils run --help``。执行过的笔记本写到
-``outputs/<档位>/notebooks/``；任何一个笔记本出错，就指出是哪个笔记本、哪个单元格、什么错误，
+执行过的笔记本写到 ``outputs/<档位>/notebooks/``；任何一个笔记本出错，就指出是哪个笔记本、哪个单元格、什么错误，
 保留出错的那份执行结果供检查，并以非零状态退出。
 """
 
@@ -13,12 +12,11 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .paths import NOTEBOOK_PATTERN
 from .config import resolve_profile
 from .progress import HEADLESS_ENV_VAR
 
@@ -30,26 +28,22 @@ INTERRUPT_GRACE_SECONDS = 5  # Ctrl+C 之后给正在执行的单元格多少秒
 class NotebookFailed(RuntimeError):
     """某个笔记本执行出错，或者被学习者按 Ctrl+C 中断。
 
-    属性：notebook（路径）、cell（单元格序号，从 1 开始）、error、output（执行到出错处的副本）、
-    completed（出错之前已经通过的笔记本结果）、seconds（出错前执行了多久）、interrupted（是否是中断）。
+    属性：notebook、cell（单元格序号，从 1 开始）、error、output（执行到出错处的副本）、interrupted，
+    以及 run_notebooks 填上的 completed（之前通过的笔记本结果）和 seconds（出错前执行了多久）。
     """
 
     def __init__(self, notebook: Path, cell: int | None, error: str, output: Path, interrupted: bool = False,
                  started: bool = True):
-        self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
+        self.notebook, self.cell, self.error, self.output, self.interrupted = notebook, cell, error, output, interrupted
         self.completed: list[NotebookResult] = []
         self.seconds: float | None = None
-        self.interrupted = interrupted
-        if interrupted and not started:
-            what = f"在开始执行笔记本 {notebook.name} 之前被中断（Ctrl+C）。之前通过的笔记本都已保存，重新运行会从头执行。"
-            super().__init__(what)
-            return
         if interrupted:
-            what = f"笔记本 {notebook.name} 执行到一半被中断（Ctrl+C）。之前通过的笔记本都已保存，重新运行会从头执行。"
+            when = f"笔记本 {notebook.name} 执行到一半" if started else f"在开始执行笔记本 {notebook.name} 之前"
+            what = f"{when}被中断（Ctrl+C）。之前通过的笔记本都已保存，重新运行会从头执行。"
         else:
-            where = f"第 {cell} 个单元格" if cell else "启动或保存时"
-            what = f"笔记本 {notebook.name} 在{where}出错：{error}"
-        super().__init__(f"{what}\n执行到这里的副本保存在 {output}，可以在 JupyterLab 里打开查看。")
+            what = f"笔记本 {notebook.name} 在{f'第 {cell} 个单元格' if cell else '启动或保存时'}出错：{error}"
+        copy = f"\n执行到这里的副本保存在 {output}，可以在 JupyterLab 里打开查看。" if started else ""
+        super().__init__(what + copy)
 
 
 @dataclass
@@ -62,7 +56,7 @@ class NotebookResult:
 def list_notebooks(notebooks_dir: Path | None = None, only: list[str] | None = None) -> list[Path]:
     """按编号列出核心笔记本（``NN_name.ipynb``）；only 给出编号或文件名前缀时只取这些。"""
     notebooks_dir = Path(notebooks_dir or paths.NOTEBOOKS_DIR)
-    found = sorted(p for p in notebooks_dir.glob("*.ipynb") if NOTEBOOK_PATTERN.match(p.name))
+    found = sorted(p for p in notebooks_dir.glob("*.ipynb") if paths.NOTEBOOK_PATTERN.match(p.name))
     if only:
         found = [p for p in found if any(p.name.startswith(prefix) for prefix in only)]
         if not found:
@@ -85,12 +79,8 @@ def parse_parameters(pairs: list[str] | None) -> dict:
     return parameters
 
 
-def run_notebooks(
-    profile: str | None = None,
-    only: list[str] | None = None,
-    parameters: dict | None = None,
-    notebooks_dir: Path | None = None,
-) -> list[NotebookResult]:
+def run_notebooks(profile: str | None = None, only: list[str] | None = None, parameters: dict | None = None,
+                  notebooks_dir: Path | None = None) -> list[NotebookResult]:
     """依次执行笔记本，返回每个笔记本的结果；出错或按了 Ctrl+C 时抛出 NotebookFailed。"""
     profile = resolve_profile(profile)
     notebooks_dir = Path(notebooks_dir or paths.NOTEBOOKS_DIR).resolve()
@@ -118,18 +108,15 @@ def run_notebooks(
 
 
 class CtrlC:
-    """runner 执行期间的 Ctrl+C（SIGINT）：信号处理函数只记下“按过了”和按了几次，不在任意位置抛出
-    KeyboardInterrupt。
+    """runner 执行期间的 Ctrl+C（SIGINT）：信号处理函数只记下“按过了”和按了几次，不在任意位置抛出 KeyboardInterrupt。
 
-    为什么：papermill 在主线程里跑 asyncio 事件循环，KeyboardInterrupt 落在内核启动、
-    清理或垃圾回收的半途中时，会被吞掉（运行照常结束，退出码 0）或留下没人接的任务报错。
-    现在 papermill 在工作线程里执行（见 ``_execute_watched``），主线程只等待并检查这个标记，
-    看到标记就停掉内核，由 ``run_notebooks`` 报告“中断”。
+    为什么：KeyboardInterrupt 落在 papermill 的 asyncio 事件循环里（内核启动、清理、垃圾回收的半途中）时，
+    会被吞掉（照常结束，退出码 0）或留下没人接的任务报错。所以 papermill 在工作线程里执行（``_execute_watched``），
+    主线程只看这个标记，看到就停掉内核，由 ``run_notebooks`` 报告“中断”。
     """
 
     def __init__(self):
-        self.pressed = threading.Event()
-        self.count = 0
+        self.pressed, self.count = threading.Event(), 0  # count：按了几次（第二次立即结束内核）
 
     def handle(self, signum, frame) -> None:
         self.count += 1
@@ -142,15 +129,10 @@ _ACTIVE_GUARD: CtrlC | None = None
 @contextmanager
 def ctrl_c_guard():
     """在主线程里装上 CtrlC 的信号处理函数，结束时恢复原来的；已经装过（嵌套）时沿用外层的。
-
-    不在主线程里（Python 只允许主线程设置信号处理函数）时产出 None：照旧直接执行。
-    """
+    不在主线程里（只有主线程能设置信号处理函数）时产出一个不会被按下的 CtrlC：照旧执行。"""
     global _ACTIVE_GUARD
-    if _ACTIVE_GUARD is not None:
-        yield _ACTIVE_GUARD
-        return
-    if threading.current_thread() is not threading.main_thread():
-        yield None
+    if _ACTIVE_GUARD is not None or threading.current_thread() is not threading.main_thread():
+        yield _ACTIVE_GUARD or CtrlC()
         return
     guard = CtrlC()
     previous = signal.signal(signal.SIGINT, guard.handle)
@@ -162,18 +144,9 @@ def ctrl_c_guard():
         signal.signal(signal.SIGINT, previous)
 
 
-def _execute_watched(notebook: Path, output: Path, parameters: dict, ctrl_c: CtrlC | None) -> BaseException | None:
-    """执行一个笔记本，返回出错时的异常（成功时 None）。
-
-    有 ctrl_c 时 papermill 在工作线程里执行（那里 nbclient 也不会装自己的 SIGINT 处理函数），
-    主线程每 0.1 秒看一眼：按了 Ctrl+C 就停掉这个笔记本的内核，等工作线程收尾（保存执行到一半的副本）。
-    """
-    if ctrl_c is None:
-        try:
-            execute_notebook(notebook, output, parameters, progress_bar=True)
-        except (Exception, KeyboardInterrupt) as exc:
-            return exc
-        return None
+def _execute_watched(notebook: Path, output: Path, parameters: dict, ctrl_c: CtrlC) -> BaseException | None:
+    """执行一个笔记本，返回出错时的异常（成功时 None）。papermill 在工作线程里执行（那里 nbclient 不装自己的
+    SIGINT 处理函数），主线程每 0.1 秒看一眼：按了 Ctrl+C 就停掉内核，等工作线程收尾（保存执行到一半的副本）。"""
     kernels: list = []  # papermill 为这个笔记本创建的内核管理器
     ready = threading.Event()  # 内核已启动、回复了 kernel_info，开始执行单元格
     outcome: dict = {}
@@ -215,8 +188,7 @@ def _stop_kernels(worker: threading.Thread, kernels: list, ready: threading.Even
     papermill_log = logging.getLogger("papermill")
     level = papermill_log.level
     papermill_log.setLevel(logging.CRITICAL)  # 内核是我们停掉的，不需要 papermill 再报一遍“内核死了”
-    first = time.monotonic()
-    last_interrupt = 0.0
+    first, last_interrupt = time.monotonic(), 0.0
     try:
         while worker.is_alive():
             now = time.monotonic()
@@ -238,29 +210,11 @@ def _stop_kernels(worker: threading.Thread, kernels: list, ready: threading.Even
 def _signal_kernel(process, interrupt: bool) -> None:
     """中断（SIGINT）或结束（SIGKILL）内核的整个进程组（jupyter_client 让内核自成一个会话，
     DataLoader 之类的子进程也在里面）；Windows 上不能发 SIGINT，只能结束进程。"""
-    try:
-        if os.name != "posix":
-            if not interrupt:
-                process.kill()
-            return
-        os.killpg(os.getpgid(process.pid), signal.SIGINT if interrupt else signal.SIGKILL)
-    except OSError:  # 进程刚好自己退出了
-        pass
-
-
-@contextmanager
-def headless_children():
-    """执行期间设置 COURSE_HEADLESS=1：papermill 启动的子内核继承它，改用文字进度条
-    （网页进度条在无人值守执行的副本里只会留下一行 “HBox(...)”）。结束后恢复原值。"""
-    old = os.environ.get(HEADLESS_ENV_VAR)
-    os.environ[HEADLESS_ENV_VAR] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(HEADLESS_ENV_VAR, None)
-        else:
-            os.environ[HEADLESS_ENV_VAR] = old
+    with suppress(OSError):  # 进程刚好自己退出了
+        if os.name == "posix":
+            os.killpg(os.getpgid(process.pid), signal.SIGINT if interrupt else signal.SIGKILL)
+        elif not interrupt:
+            process.kill()
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict, *, progress_bar: bool, **client_options) -> None:
@@ -269,21 +223,25 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict, *, progress
     client_options 原样传给 nbclient 的 NotebookClient（runner 用它记下内核、知道内核何时就绪）。"""
     import papermill as pm
 
-    with headless_children():
+    old = os.environ.get(HEADLESS_ENV_VAR)
+    os.environ[HEADLESS_ENV_VAR] = "1"  # 子内核继承它：网页进度条在无人值守的副本里只会留下一行 “HBox(...)”
+    try:
         pm.execute_notebook(
             str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
             kernel_name="python3", progress_bar=progress_bar, extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             **client_options,
         )
+    finally:
+        os.environ.pop(HEADLESS_ENV_VAR, None)
+        if old is not None:
+            os.environ[HEADLESS_ENV_VAR] = old
 
 
 def _planned_runs(notebooks_dir: Path, out_dir: Path, only: list[str] | None) -> list[tuple[Path, Path]]:
     """(要执行的笔记本, 执行结果的位置)：先按编号执行核心笔记本，再执行 solutions/ 里的参考答案。"""
     core = list_notebooks(notebooks_dir, only)
-    solutions_dir = notebooks_dir / "solutions"
-    solutions = []
-    if solutions_dir.is_dir():
-        solutions = [p for p in list_notebooks(solutions_dir) if not only or any(p.name.startswith(o) for o in only)]
+    solutions = [p for p in list_notebooks(notebooks_dir / "solutions")
+                 if not only or any(map(p.name.startswith, only))]
     return [(p, out_dir / p.name) for p in core] + [(p, out_dir / "solutions" / p.name) for p in solutions]
 
 
@@ -291,26 +249,20 @@ def _describe_failure(notebook: Path, output: Path, exc: BaseException) -> Noteb
     """把 papermill 的异常整理成 NotebookFailed（带上出错的单元格序号）。"""
     from papermill.exceptions import PapermillExecutionError
 
-    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, PapermillExecutionError) and exc.ename == "KeyboardInterrupt"):
-        return NotebookFailed(notebook, None, "KeyboardInterrupt", output, interrupted=True)
-    if isinstance(exc, PapermillExecutionError):
+    if isinstance(exc, PapermillExecutionError) and exc.ename != "KeyboardInterrupt":  # 某个单元格出错
         cell = _original_cell_number(notebook, exc.source)
         return NotebookFailed(notebook, cell, f"{exc.ename}: {exc.evalue}", output)
+    if isinstance(exc, (KeyboardInterrupt, PapermillExecutionError)):  # 在这里或在内核里按了 Ctrl+C
+        return NotebookFailed(notebook, None, "KeyboardInterrupt", output, interrupted=True)
     return NotebookFailed(notebook, None, f"{type(exc).__name__}: {exc}", output)
 
 
 def _original_cell_number(notebook: Path, source: str) -> int | None:
-    """出错单元格在原笔记本里是第几个（从 1 开始，含 Markdown 单元格）。
-
-    papermill 会插入一个注入参数的单元格，所以不能直接用它报告的序号。
-    """
+    """出错单元格在原笔记本里是第几个（从 1 开始，含 Markdown 单元格；papermill 插入的参数单元格不算）。"""
     import nbformat
 
-    cells = nbformat.read(notebook, as_version=4).cells
-    for number, cell in enumerate(cells, start=1):
-        if cell.cell_type == "code" and cell.source.strip() == (source or "").strip():
-            return number
-    return None
+    cells = enumerate(nbformat.read(notebook, as_version=4).cells, start=1)
+    return next((n for n, c in cells if c.cell_type == "code" and c.source.strip() == (source or "").strip()), None)
 
 
 def format_summary(results: list[NotebookResult], failed: NotebookFailed | None = None) -> str:
@@ -332,7 +284,6 @@ def format_summary(results: list[NotebookResult], failed: NotebookFailed | None 
 def main(args) -> int:
     """``python -m course_utils run`` 的入口；返回进程退出码（中断时 130）。"""
     profile = resolve_profile(args.profile)
-    results: list[NotebookResult] = []
     with ctrl_c_guard() as ctrl_c:
         try:
             results = run_notebooks(profile, args.only, parse_parameters(args.param), args.notebooks_dir)
@@ -342,7 +293,7 @@ def main(args) -> int:
             return 130 if failed.interrupted else 1
         print(format_summary(results))
         print(f"\n执行过的笔记本在 {paths.output_dir(profile, 'notebooks')}")
-        if ctrl_c is not None and ctrl_c.pressed.is_set():  # 最后一个笔记本刚执行完时按下的
+        if ctrl_c.pressed.is_set():  # 最后一个笔记本刚执行完时按下的
             print(f"\n[中断] 全部笔记本都已执行完，讲义没有生成（Ctrl+C）。需要时运行 "
                   f"python -m course_utils handouts --profile {profile}。")
             return 130

@@ -103,7 +103,7 @@ def test_index_groups_lessons_training_records_and_solutions(executed, tmp_path)
 
 def test_each_page_embeds_a_small_font_that_covers_every_character_shown(executed, tmp_path):
     index = build_handouts("smoke", source_dir=executed, out_dir=tmp_path / "out")
-    with TTFont(cu.course_font_path()) as full_font:
+    with TTFont(cu.fonts.course_font_path()) as full_font:
         full_glyphs = len(full_font.getGlyphOrder())
     for path in sorted(index.parent.glob("*.html")):
         page = path.read_text(encoding="utf-8")
