@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from . import common
 
-SECTIONS = ("strategies", "throughput", "loading", "memory", "roofline")
+SECTIONS = ("strategies", "throughput", "loading", "memory", "roofline", "lr_sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="课程的性能基准测试（结果写到 benchmarks/results/）")
     parser.add_argument("--quick", action="store_true", help="1–2 分钟的快速检查：更少的数据和批次，结果只看是否跑通")
-    parser.add_argument("--only", nargs="+", metavar="N", help="只跑这几节（编号 1–5 或名字，course 即 --course），例如 --only 1 5")
+    parser.add_argument("--only", nargs="+", metavar="N", help="只跑这几节（编号 1–6 或名字，course 即 --course），例如 --only 1 5")
     parser.add_argument("--course", action="store_true",
                         help="另外在 fruit30 大小的生成数据上计时 quick 档位的整个课程（约 15 分钟）")
     parser.add_argument("--out", default=str(common.RESULTS_DIR), help="结果目录（默认 benchmarks/results/）")
@@ -30,13 +31,14 @@ def selected(only: list[str] | None) -> list[str]:
         name = SECTIONS[int(item) - 1] if item.isdigit() and 1 <= int(item) <= len(SECTIONS) else item
         name = "course_time" if name == "course" else name
         if name not in (*SECTIONS, "course_time"):
-            raise SystemExit(f"没有名为 {item!r} 的一节。可选：1–5、{'、'.join(SECTIONS)}，或 course。")
+            raise SystemExit(f"没有名为 {item!r} 的一节。可选：1–6、{'、'.join(SECTIONS)}，或 course。")
         chosen.append(name)
     return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("COURSE_HEADLESS", "1")  # 无人值守：课程函数不画每批一条的进度条
     import course_utils as cu
 
     device = cu.get_device()

@@ -17,6 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import course_utils as cu
+from course_utils.data import DATASETS
+from course_utils.demo import DEMO_FRUITS, draw_fruit_image
+from course_utils.paths import data_dir
 
 from .common import Section, core_count, run_probe
 
@@ -31,8 +34,8 @@ def _draw(job) -> None:
 
     index, path = job
     rng = np.random.default_rng([20220716, index])
-    fruit = list(cu.DEMO_FRUITS)[index % len(cu.DEMO_FRUITS)]
-    small = cu.draw_fruit_image(fruit, 160, rng)
+    fruit = list(DEMO_FRUITS)[index % len(DEMO_FRUITS)]
+    small = draw_fruit_image(fruit, 160, rng)
     big = np.asarray(small.resize(JPEG_SIZE, Image.BICUBIC), dtype=np.int16)
     big = big + rng.normal(0, 4, (JPEG_SIZE[1], JPEG_SIZE[0], 1)).astype(np.int16)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -41,8 +44,8 @@ def _draw(job) -> None:
 
 def simulated_fruit30() -> Path:
     """生成（或复用）与 fruit30 同样类别数、图片数的数据集；返回可作 COURSE_DATA_DIR 的目录。"""
-    source = cu.DATASETS["fruit30"]
-    base = cu.data_dir() / FOLDER
+    source = DATASETS["fruit30"]
+    base = data_dir() / FOLDER
     if (base / ".complete").is_file():
         return base
     root = base / source.folder_name
@@ -79,6 +82,19 @@ def drive() -> dict:
     return {"notebooks": [[r.name, r.seconds] for r in results]}
 
 
+def course_totals(notebooks: list) -> list[tuple[str, float]]:
+    """[(合计的名字, 秒数)]：核心笔记本 00–07、加上选学的 10 以后、再加 solutions/ 里的参考答案。
+
+    notebooks 是 [(名字, 秒数)]，名字是执行结果相对输出目录的路径，例如 "04_train.ipynb"、"solutions/04_train_solutions.ipynb"。
+    """
+    main = [(name, seconds) for name, seconds in notebooks if "/" not in name]
+    core = sum(seconds for name, seconds in main if name[:2].isdigit() and int(name[:2]) < 10)
+    with_optional = sum(seconds for _, seconds in main)
+    total = sum(seconds for _, seconds in notebooks)
+    return [("合计：核心笔记本 00–07（学习者依次运行的）", core), ("合计：再加选学笔记本（10 以后）", with_optional),
+            ("合计：再加 solutions/ 里的参考答案", total)]
+
+
 def run(device, quick: bool = False, context: dict | None = None):
     """模拟 fruit30，执行 quick 档位的全部笔记本，报告每个笔记本和总共的用时。"""
     data = simulated_fruit30()
@@ -91,10 +107,8 @@ def run(device, quick: bool = False, context: dict | None = None):
         rows = [{"笔记本": "（整个课程）", "说明": result["error"]}]
     else:
         rows = [{"笔记本": name, "用时（秒）": seconds, "用时（分钟）": seconds / 60} for name, seconds in result["notebooks"]]
-        core = sum(seconds for name, seconds in result["notebooks"] if "/" not in name)
-        total = sum(seconds for _, seconds in result["notebooks"])
-        rows.append({"笔记本": "合计：核心笔记本 00–07（学习者依次运行的）", "用时（秒）": core, "用时（分钟）": core / 60})
-        rows.append({"笔记本": "合计：再加 solutions/ 里的参考答案", "用时（秒）": total, "用时（分钟）": total / 60})
+        for label, seconds in course_totals(result["notebooks"]):
+            rows.append({"笔记本": label, "用时（秒）": seconds, "用时（分钟）": seconds / 60})
     notes = [
         f"quick 档位：每类最多 {settings.per_class_limit} 张训练图（再分层划出 {settings.val_fraction:.0%} 作验证集），"
         f"{settings.image_size} 像素，{settings.epochs} 轮，批量 {settings.batch_size}；测试集是 val/ 的全部 1078 张。",

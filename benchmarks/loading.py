@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 
 import course_utils as cu
+from course_utils.demo import draw_fruit_image
+from course_utils.paths import data_dir
 
 from .common import Section, core_count, course_channels_last, median, quiet, timed
 
@@ -31,14 +33,14 @@ def large_jpeg_dataset(count: int, seed: int = 0) -> Path:
     import numpy as np
     from PIL import Image
 
-    root = cu.data_dir() / f"bench-jpeg-{JPEG_SIZE[0]}x{JPEG_SIZE[1]}-v1" / f"n{count}"
+    root = data_dir() / f"bench-jpeg-{JPEG_SIZE[0]}x{JPEG_SIZE[1]}-v1" / f"n{count}"
     if (root / ".complete").is_file():
         return root
     rng = np.random.default_rng(seed)
     shutil.rmtree(root, ignore_errors=True)
     for i in range(count):
         name = CLASSES[i % len(CLASSES)]
-        small = cu.draw_fruit_image(name, 160, rng)
+        small = draw_fruit_image(name, 160, rng)
         big = np.asarray(small.resize(JPEG_SIZE, Image.BICUBIC), dtype=np.int16)
         big = big + rng.normal(0, 4, (JPEG_SIZE[1], JPEG_SIZE[0], 1)).astype(np.int16)  # 照片的细节与噪点
         folder = root / name
@@ -74,9 +76,11 @@ def mean_file_kb(root: Path) -> float:
 def make_loader(root: Path, workers: int, image_size: int = 224):
     """课程的训练预处理（RandomResizedCrop、翻转、转张量、归一化）+ DataLoader；有进程时常驻。"""
     from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
 
-    train_tf, _ = cu.build_transforms(image_size, round(image_size * 256 / 224))
-    dataset = cu.image_folder(root, transform=train_tf)
+    record = cu.models.weights_record("resnet18")
+    train_tf, _ = cu.build_transforms(image_size, round(image_size * 256 / 224), record["mean"], record["std"])
+    dataset = ImageFolder(root, transform=train_tf)
     return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers,
                       persistent_workers=workers > 0)
 
@@ -111,22 +115,18 @@ def end_to_end_speeds(root: Path, device, plan: list[tuple[str, int, int]], pass
     from .throughput import make_trainer
 
     loaders = {w: make_loader(root, w) for w in sorted({w for _, w, _ in plan})}
-    trainers = {s: make_trainer(s, device, channels_last=course_channels_last(device), num_classes=len(CLASSES))
-                for s in dict.fromkeys(s for s, _, _ in plan)}
+    trainers = {s: make_trainer("resnet18", s, device, channels_last=course_channels_last(device),
+                                num_classes=len(CLASSES)) for s in dict.fromkeys(s for s, _, _ in plan)}
     default_threads = torch.get_num_threads()
     speeds = {key: [] for key in plan}
-
-    def one_pass(train, batches):
-        return sum(train(images, labels) or len(labels) for images, labels in batches)
-
     try:
         for round_ in range(passes + 1):  # 第 0 轮热身：每种配置一个批次（启动进程、选卷积算法），不计
             for strategy, workers, threads in plan:
                 torch.set_num_threads(threads)
                 batches = itertools.islice(loaders[workers], 1 if round_ == 0 else None)
-                count, seconds = timed(lambda: one_pass(trainers[strategy], batches), device)
+                seconds = timed(lambda: trainers[strategy](batches), device)[1]
                 if round_:
-                    speeds[(strategy, workers, threads)].append(count / seconds)
+                    speeds[(strategy, workers, threads)].append(len(loaders[workers].dataset) / seconds)
     finally:
         torch.set_num_threads(default_threads)
     return {key: median(values) for key, values in speeds.items()}
@@ -139,16 +139,14 @@ def training_plan(cores: int) -> list[tuple[str, int, int]]:
 
 
 def model_speed(context: dict | None, device, strategy: str) -> float:
-    """只算模型（第 2 节测过就直接用）的每秒图片数，布局与 cu.fit 的默认相同。"""
-    from .throughput import measure_steps
+    """只算模型（第 2 节测过就直接用）的 ResNet-18 每秒图片数，布局与 cu.fit 相同。"""
+    from .throughput import measure_steps, mode_key
 
-    layout = "channels_last" if course_channels_last(device) else "contiguous"
-    key = f"{strategy}/{layout}"
+    mode = ("resnet18", strategy, course_channels_last(device))
     known = (context or {}).get("model_images_per_s", {})
-    if key not in known:
-        known.update(measure_steps([{"strategy": strategy, "channels_last": layout == "channels_last", "amp": False}],
-                                   device, rounds=1, steps=1))
-    return known[key]
+    if mode_key(mode) not in known:
+        known.update(measure_steps([mode], device, rounds=1, steps=1))
+    return known[mode_key(mode)]
 
 
 def run(device, quick: bool = False, context: dict | None = None):
@@ -185,7 +183,9 @@ def _notes(root: Path, small: Path, cores: int, passes: int, best) -> list[str]:
     return [
         f"数据：生成的 {count} 张 {JPEG_SIZE[0]}×{JPEG_SIZE[1]} JPEG（平均 {mean_file_kb(root):.0f} KB；"
         f"fruit30 压缩包 216 MB / 5454 张，平均约 40 KB，所以这里偏保守）；预先缩小后平均 {mean_file_kb(small):.0f} KB。",
-        f"训练预处理与课程相同（RandomResizedCrop 224、水平翻转、转张量、归一化），批量 {BATCH_SIZE}；"
+        f"训练预处理与课程相同（RandomResizedCrop 224、水平翻转、转张量、归一化），批量 {BATCH_SIZE}；端到端训练是"
+        "随机初始化的 ResNet-18（weights=None：这里下载不了 torchvision 的权重，速度与权重的取值无关）"
+        "用 cu.train_one_epoch 读完整个数据集，布局与 cu.fit 相同；"
         f"每种配置交替测 {passes} 遍取中位数，进程先启动、先热身。",
         "“占模型速度”= 端到端每秒图片数 ÷ 只算模型时的每秒图片数：100% 表示读图完全被藏在计算后面。",
         f"本机 {cores} 个核；PyTorch 线程数取全部核时，加载进程会和计算线程抢核。"

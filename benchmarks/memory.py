@@ -61,37 +61,28 @@ def peak_mb() -> float | None:
 
 
 def tutorial_trainer(device):
-    """原教程式的训练步：主干参数 requires_grad=True，BatchNorm 训练模式，优化器只含分类头。"""
+    """原教程式的训练步（cu.train_one_epoch）：主干参数 requires_grad=True，BatchNorm 训练模式，优化器只含分类头。"""
     import torch
-    import torch.nn.functional as F
+    from torch import nn
 
-    model = cu.build_model("resnet18", num_classes=NUM_CLASSES, strategy="finetune", weights=None).to(device).train()
-    optimizer = torch.optim.Adam(cu.head_module(model).parameters(), lr=1e-3)
-
-    def train(images, labels):
-        loss = F.cross_entropy(model(images.to(device)), labels.to(device))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return train
+    model, head, _ = cu.build_model("resnet18", NUM_CLASSES, "finetune", weights=None)
+    model.to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+    return lambda batches: cu.train_one_epoch(model, batches, nn.CrossEntropyLoss(), optimizer, device)
 
 
 def cached_trainer(device):
-    """特征缓存：主干只做前向（不求梯度）得到特征，再在特征上训练分类头。"""
+    """特征缓存：主干只做前向（cu.train.backbone_features，不求梯度）得到特征，再在特征上训练分类头。"""
     import torch
+    from torch import nn
 
-    model = cu.build_model("resnet18", num_classes=NUM_CLASSES, strategy="freeze", weights=None).to(device)
-    model.to(memory_format=torch.channels_last)
-    head = cu.head_module(model)
-    optimizer = cu.make_optimizer(model, "freeze", 1e-3)
+    model, head, _ = cu.build_model("resnet18", NUM_CLASSES, "freeze", weights=None)
+    model.to(device, memory_format=torch.channels_last)
+    optimizer = cu.make_optimizer(model, head, "freeze", 1e-3)
 
-    def train(images, labels):
-        features, targets = cu.extract_features(model, [(images, labels)], device, channels_last=True)
-        loss = torch.nn.functional.cross_entropy(head(features.to(device)), targets.to(device))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    def train(batches):
+        features = cu.train.backbone_features(model, batches, device)  # (特征, labels)
+        cu.train_one_epoch(head, [features], nn.CrossEntropyLoss(), optimizer, device)
 
     return train
 
@@ -108,14 +99,13 @@ def probe(mode: str, device, steps: int) -> dict:
     elif mode == "freeze_cache":
         train = cached_trainer(device)
     else:
-        train = make_trainer(mode, device, channels_last=True, num_classes=NUM_CLASSES)
-    images = torch.randn(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE)
-    labels = torch.randint(0, NUM_CLASSES, (BATCH_SIZE,))
+        train = make_trainer("resnet18", mode, device, channels_last=True, num_classes=NUM_CLASSES)
+    batch = [(torch.randn(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE), torch.randint(0, NUM_CLASSES, (BATCH_SIZE,)))]
     baseline = _status_mb("VmRSS") if reset_peak() else peak_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(steps):
-        train(images, labels)
+        train(batch)
     cuda_peak = torch.cuda.max_memory_allocated(device) / 1024**2 if device.type == "cuda" else None
     return {"baseline_mb": baseline, "peak_mb": peak_mb(), "cuda_peak_mb": cuda_peak}
 
@@ -138,6 +128,7 @@ def run(device, quick: bool = False, context: dict | None = None):
                      if "error" not in base else None,
                      "GPU 峰值（MB）": result["cuda_peak_mb"]})
     notes = [
+        f"随机初始化的 ResNet-18（weights=None：这里下载不了 torchvision 的权重，内存与权重的取值无关），"
         f"批量 {BATCH_SIZE}、{IMAGE_SIZE} 像素、{NUM_CLASSES} 类，每种做法一个新进程训练 {1 if quick else 2} 步；"
         "“训练前”是建好模型、优化器和一批数据之后的峰值（含 Python 和 PyTorch 本身），“训练增加”主要是反向传播要保存的中间结果。",
         "峰值常驻内存：Linux 上是训练前清零后的 VmHWM（/proc/self/status），其他系统是 ru_maxrss；"

@@ -1,6 +1,6 @@
 """第 5 节：物理上限的粗略估计。
 
-ResNet-18 每张图要做多少次浮点运算（``torch.utils.flop_counter.FlopCounterMode`` 数出来的），
+ResNet-18（224 像素）和 EfficientNet-Lite0（112 像素）每张图要做多少次浮点运算（``torch.utils.flop_counter.FlopCounterMode`` 数出来的），
 除以本机一次大矩阵乘法（以及一个典型 3×3 卷积，取快的）的速度（GFLOP/s，当作这台机器能达到的峰值），就是“最快也要多久”；
 再看各做法实际达到了峰值的百分之几。
 """
@@ -10,31 +10,46 @@ from __future__ import annotations
 import course_utils as cu
 
 from .common import Section, timed
+from .throughput import IMAGE_SIZES
 
-IMAGE_SIZE = 224
 NUM_CLASSES = 30
+KINDS = ("forward", "freeze", "finetune")
 
 
-def flops_per_image(kind: str, image_size: int = IMAGE_SIZE, batch: int = 2) -> float:
+def flops_per_image(kind: str, arch: str = "resnet18", image_size: int | None = None, batch: int = 2) -> float:
     """每张图的浮点运算次数。kind："forward"（推理）、"freeze"、"finetune"（训练步：前向 + 反向）。
 
-    原教程式的训练步与 finetune 相同：主干参数都要求梯度，反向传播算遍全网。
+    原教程式的训练步与 finetune 相同：主干参数都要求梯度，反向传播算遍全网。image_size 默认取这个网络在课程里的边长。
     """
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
     strategy = "freeze" if kind in ("forward", "freeze") else "finetune"
-    model = cu.build_model("resnet18", num_classes=NUM_CLASSES, strategy=strategy, weights=None)
+    model, _, _ = cu.build_model(arch, NUM_CLASSES, strategy, weights=None)
+    image_size = image_size or IMAGE_SIZES[arch]
     images = torch.randn(batch, 3, image_size, image_size)
     labels = torch.zeros(batch, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop}) as counter:
         if kind == "forward":
             with torch.inference_mode():
                 model.eval()(images)
         else:
             F.cross_entropy(model.train()(images), labels).backward()
     return counter.get_total_flops() / batch
+
+
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                       _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """卷积反向传播的运算量：对输入的梯度、对权重的梯度，各与一次前向卷积相同。
+
+    代替 PyTorch 自带的公式：它算对权重的梯度时没有考虑分组（groups），逐通道卷积（depthwise，
+    EfficientNet-Lite0 里很多）会被多算“通道数”倍；不分组的卷积（ResNet-18）两者结果相同。
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
 def matmul_gflops(device, n: int, repeats: int) -> float:
@@ -71,15 +86,14 @@ def model_speeds(context: dict, device) -> dict[str, float]:
     from .throughput import measure_steps, step_modes
 
     if "model_images_per_s" not in context:
-        wanted = [m for m in step_modes(device) if m["strategy"] in ("freeze", "finetune") and not m["amp"]]
-        context["model_images_per_s"] = measure_steps(wanted, device, rounds=1, steps=1)
+        context["model_images_per_s"] = measure_steps(step_modes(), device, rounds=1, steps=1)
     return context["model_images_per_s"]
 
 
 def run(device, quick: bool = False, context: dict | None = None):
     """第 5 节：浮点运算量、矩阵乘法峰值、各做法达到峰值的比例。"""
     context = context if context is not None else {}
-    flops = {kind: flops_per_image(kind) for kind in ("forward", "freeze", "finetune")}
+    flops = {(arch, kind): flops_per_image(kind, arch) for arch in IMAGE_SIZES for kind in KINDS}
     size = 2048 if quick else 4096
     matmul, conv = matmul_gflops(device, size, 3 if quick else 5), conv_gflops(device, 5 if quick else 10)
     peak = max(matmul, conv)
@@ -87,25 +101,26 @@ def run(device, quick: bool = False, context: dict | None = None):
             {"做法": "3×3 卷积 256→256 通道、14×14（float32，channels_last）", "每秒 GFLOP": conv,
              "占峰值": f"{conv / peak:.0%}"}]
     for key, speed in model_speeds(context, device).items():
-        strategy, layout = key.split("/")[:2]
-        if strategy == "scratch" or key.endswith("/amp"):
-            continue  # scratch 与 finetune 计算相同；AMP 的峰值要用半精度矩阵乘法比
-        rows.append(_row(f"只算模型：{strategy} 训练步（{layout}）", flops[strategy], speed, peak))
-    for label, info in context.get("epochs", {}).items():  # 第 1 节：含读图和验证的整轮
-        work = info["train"] * flops[info["kind"]] + info["val"] * flops["forward"]
+        arch, strategy, layout = key.split("/")
+        rows.append(_row(f"只算模型：{arch} {strategy} 训练步（{layout}）", flops[(arch, strategy)], speed, peak))
+    for label, info in context.get("epochs", {}).items():  # 第 1 节：ResNet-18，含读图和验证的整轮
+        work = info["train"] * flops[("resnet18", info["kind"])] + info["val"] * flops[("resnet18", "forward")]
         rows.append(_row(f"整轮（第 1 节）：{label}", work / (info["train"] + info["val"]),
                          (info["train"] + info["val"]) / info["seconds"], peak))
-    lower = flops["forward"] / (peak * 1e9)
+    lower = flops[("resnet18", "forward")] / (peak * 1e9)
+    per_image = "；".join(f"{arch}（{size} 像素）" + " / ".join(f"{flops[(arch, k)] / 1e9:.2f}" for k in KINDS) + " GFLOP"
+                         for arch, size in IMAGE_SIZES.items())
     notes = [
-        f"ResNet-18（{NUM_CLASSES} 类，{IMAGE_SIZE} 像素）每张图：推理 {flops['forward'] / 1e9:.2f} GFLOP，"
-        f"freeze 训练步 {flops['freeze'] / 1e9:.2f} GFLOP，finetune / 原教程式训练步 {flops['finetune'] / 1e9:.2f} GFLOP"
-        "（FlopCounterMode 计数，乘加算 2 次）。",
+        f"每张图（{NUM_CLASSES} 类）的推理 / freeze 训练步 / finetune（即原教程式）训练步：{per_image}"
+        "（FlopCounterMode 计数，乘加算 2 次；卷积的反向按“对输入、对权重各一次前向”计，PyTorch 自带的公式"
+        "会把逐通道卷积对权重的梯度多算“通道数”倍）。运算量与权重的取值无关，网络随机初始化。",
         f"按峰值速度，一张图的前向最快也要 {lower * 1000:.1f} 毫秒；fruit30 的 5454 张图前向一遍至少 "
         f"{5454 * lower:.0f} 秒——这就是特征缓存的 20 轮训练不可能低于的下限。",
         f"峰值取 torch.matmul 与一个典型 3×3 卷积中较快的一个（{peak:.0f} GFLOP/s）；两者差得多时，"
         "说明矩阵乘法库（MKL）没用上这颗 CPU 的全部向量指令，而卷积库（oneDNN）用上了。",
         "ResNet 不全是大卷积：BatchNorm、ReLU、池化、残差相加受内存带宽限制，第一层（3 个输入通道）和最后几层（7×7 的小特征图）"
-        "也难以把向量单元用满，所以只算模型也到不了 100%；整轮还要读图、预处理和验证，比例再低一些。",
+        "也难以把向量单元用满，所以只算模型也到不了 100%；整轮还要读图、预处理和验证，比例再低一些。"
+        "EfficientNet-Lite0 的运算量小得多，但有许多逐通道（depthwise）卷积：运算不多，却要读写整张特征图，受内存带宽限制。",
         "换一台机器的粗略估计：用时大致与这里的峰值成反比——峰值只有本机一半的 CPU，同样的训练约慢一倍。",
     ]
     return Section("roofline", "5. 物理上限：浮点运算量与矩阵乘法峰值", rows, notes), []

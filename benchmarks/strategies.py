@@ -1,8 +1,8 @@
-"""第 1 节：原教程式的 strategy 1 对比本课程的 freeze、freeze + 特征缓存（演示数据，224 像素）。
+"""第 1 节：原教程式的 strategy 1 对比本课程的 freeze、freeze + 特征缓存（演示数据，ResNet-18，224 像素）。
 
 原教程的 strategy 1 只让优化器跳过主干：主干参数的 requires_grad 仍是 True，所以每一步反向传播
 都算遍整个网络；BatchNorm 处于训练模式，用每个批次的统计量并改写 running_mean / running_var。
-这个基线循环写在下面的 ``tutorial_train_epoch`` 里（照原教程的写法，标明是基线），
+基线用的就是课程的 ``cu.train_one_epoch``，只是优化器只含分类头、主干不冻结（见 ``TutorialMode``）；
 本课程的两种做法直接调用 ``cu.fit``，和笔记本 04 用的是同一段代码。
 
 几种做法按“轮”交替执行（基线一轮、freeze 一轮、……），机器负载的起伏对各做法的影响相同。
@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import tempfile
-from pathlib import Path
 
 import course_utils as cu
 
@@ -23,14 +23,24 @@ FULL_EPOCHS = 20  # 原教程训练 20 轮
 
 
 def demo_workload(quick: bool, seed: int = 42):
-    """演示数据集、224 像素、批量 32、课程默认的加载进程数；quick 时每类只取 12 张训练图。"""
-    settings = cu.resolve_settings("demo", image_size=224, weights="None", per_class_limit=12 if quick else None,
-                                   strategy="freeze", seed=seed)
-    settings = cu.with_training_defaults(settings)  # 224 像素时评估先缩放到 256
-    with quiet():
-        root = cu.prepare_dataset(settings)  # 第一次要生成演示数据（约半分钟），之后直接复用
-    splits = cu.make_datasets(settings, root)
-    return settings, splits, root
+    """演示数据集、ResNet-18 的归一化、224 像素、批量 32、课程默认的加载进程数；quick 时每类只取 12 张训练图。"""
+    settings = cu.resolve_settings("demo", arch="resnet18", image_size=224, weights="None",
+                                   per_class_limit=12 if quick else None, seed=seed)  # 224 像素时评估先缩放到 256
+    record = cu.models.weights_record("resnet18")
+    with quiet():  # 第一次要生成演示数据（约半分钟），之后直接复用
+        data = cu.course_data(settings, mean=record["mean"], std=record["std"])
+    return settings, data
+
+
+def fresh_loaders(data, settings):
+    """与 data 里同样的 (train, val, test) 三个 DataLoader：同一个种子，每种做法看到同样的批次顺序。"""
+    workers = data.train_loader.num_workers
+    return cu.make_loaders(data.train_ds, data.val_ds, data.test_ds, settings.batch_size, workers, settings.seed)
+
+
+def accuracy(model, loader, device) -> float:
+    logits, labels = cu.evaluate(model, loader, device)
+    return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
 def calibrated_backbone(num_classes: int, loader, device, batches: int, seed: int):
@@ -40,12 +50,11 @@ def calibrated_backbone(num_classes: int, loader, device, batches: int, seed: in
     按推理模式冻结时特征的尺度会一层层失控。校准后，冻结的主干与原教程训练模式下的主干
     看到的是同样尺度的特征，两者的准确率才有可比性。返回 state_dict。
     """
-    import itertools
-
     import torch
 
     torch.manual_seed(seed)
-    model = cu.build_model("resnet18", num_classes=num_classes, strategy="finetune", weights=None).to(device)
+    model, _, _ = cu.build_model("resnet18", num_classes, "finetune", weights=None)
+    model.to(device)
     for layer in model.modules():
         if isinstance(layer, torch.nn.BatchNorm2d):
             layer.momentum = None  # 累积平均：校准结果不依赖批次顺序的最后几批
@@ -54,30 +63,6 @@ def calibrated_backbone(num_classes: int, loader, device, batches: int, seed: in
         for images, _ in itertools.islice(loader, batches):
             model(images.to(device))
     return copy.deepcopy(model.state_dict())
-
-
-def tutorial_train_epoch(model, optimizer, loader, device, channels_last: bool) -> None:
-    """【基线，照原教程的写法】训练一轮：优化器只含分类头，但主干参数仍 requires_grad=True。"""
-    import torch
-    import torch.nn.functional as F
-
-    model.train()  # BatchNorm 用每个批次的统计量，并改写 running_mean / running_var
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()  # 梯度算遍整个网络，只有分类头的梯度被优化器用上
-        optimizer.step()
-
-
-def uses_channels_last(model) -> bool:
-    """模型的卷积权重是否是 channels_last 内存布局（cu.fit 会按设备决定）。"""
-    import torch
-
-    weight = next(p for p in model.parameters() if p.dim() == 4)
-    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 def batchnorm_changed(model, state: dict) -> bool:
@@ -89,27 +74,28 @@ def batchnorm_changed(model, state: dict) -> bool:
 
 
 class TutorialMode:
-    """原教程式的 strategy 1（基线）：主干 requires_grad=True、BatchNorm 训练模式、优化器只含分类头。"""
+    """原教程式的 strategy 1（基线）：主干 requires_grad=True、优化器只含分类头。
+
+    训练循环就是 ``cu.train_one_epoch``：主干没有冻结，``set_train_mode`` 把所有 BatchNorm 都留在训练模式，
+    和原教程的 ``model.train()`` 一样；反向传播算遍整个网络，只有分类头的梯度被优化器用上。
+    """
 
     def __init__(self, label: str, state: dict, num_classes: int, lr: float, device, channels_last: bool):
         import torch
 
         self.label, self.device, self.channels_last = label, device, channels_last
-        self.model = cu.build_model("resnet18", num_classes=num_classes, strategy="finetune", weights=None)
+        self.model, head, _ = cu.build_model("resnet18", num_classes, "finetune", weights=None)
         self.model.load_state_dict(state)
-        self.model.to(device)
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(cu.head_module(self.model).parameters(), lr=lr)  # 原教程：Adam 默认学习率
+        self.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.optimizer = torch.optim.Adam(head.parameters(), lr=lr)  # 原教程：优化器只含分类头
         self.val_acc: list[float] = []
 
-    def epoch(self, loaders, max_batches: int | None = None) -> None:
-        import itertools
+    def epoch(self, train_loader, val_loader, max_batches: int | None = None) -> None:
+        import torch
 
-        train = itertools.islice(loaders.train, max_batches) if max_batches else loaders.train
-        tutorial_train_epoch(self.model, self.optimizer, train, self.device, self.channels_last)
-        val = cu.evaluate_accuracy(self.model, loaders.val, self.device, channels_last=self.channels_last)
-        self.val_acc.append(val["acc"])  # 每轮在验证集上评估，和 cu.fit 做同样多的事
+        cu.train_one_epoch(self.model, train_loader, torch.nn.CrossEntropyLoss(), self.optimizer, self.device,
+                           max_batches)
+        self.val_acc.append(accuracy(self.model, val_loader, self.device))  # 每轮验证，和 cu.fit 做同样多的事
 
 
 class CourseFreezeMode:
@@ -117,55 +103,44 @@ class CourseFreezeMode:
 
     def __init__(self, label: str, state: dict, num_classes: int, lr: float, device):
         self.label, self.device = label, device
-        self.model = cu.build_model("resnet18", num_classes=num_classes, strategy="freeze", weights=None)
+        self.channels_last = course_channels_last(device)  # cu.fit 训练时的布局（结束后把模型换回原布局）
+        self.model, self.head, _ = cu.build_model("resnet18", num_classes, "freeze", weights=None)
         self.model.load_state_dict(state)
-        self.optimizer = cu.make_optimizer(self.model, "freeze", lr)
+        self.optimizer = cu.make_optimizer(self.model, self.head, "freeze", lr)
         self.val_acc: list[float] = []
 
-    @property
-    def channels_last(self) -> bool:
-        return course_channels_last(self.device)  # cu.fit 训练时的布局（结束后把模型换回原布局）
-
-    def epoch(self, loaders, max_batches: int | None = None) -> None:
+    def epoch(self, train_loader, val_loader, max_batches: int | None = None) -> None:
         with quiet():  # 一次 fit 一轮：几种做法才能逐轮交替；优化器接着用，和一次训练多轮相同
-            history = cu.fit(self.model, loaders.train, loaders.val, epochs=1, device=self.device,
-                             optimizer=self.optimizer, max_batches=max_batches)
+            history = cu.fit(self.model, self.head, train_loader, val_loader, self.optimizer, epochs=1,
+                             device=self.device, max_batches=max_batches)
         self.val_acc.append(history[-1]["val_acc"])
 
 
-def run_cached(state: dict, settings, splits, loaders, device, epochs: int):
+def run_cached(state: dict, settings, data, loaders, device, epochs: int):
     """freeze + 特征缓存，像笔记本 04 一样带检查点训练 epochs 轮；返回 (模型, 历史, 总用时)。"""
-    model = cu.build_model("resnet18", num_classes=len(splits.class_names), strategy="freeze", weights=None)
+    model, head, info = cu.build_model("resnet18", len(data.class_names), "freeze", weights=None)
     model.load_state_dict(state)
-    meta = cu.training_meta(settings, splits.class_names)
+    optimizer = cu.make_optimizer(model, head, "freeze", settings.lr)
+    meta = cu.run_meta(settings, info, data.class_names)
     with tempfile.TemporaryDirectory() as folder, quiet():
         history, seconds = timed(lambda: cu.fit(
-            model, loaders.train, loaders.val, epochs=epochs, device=device, lr=settings.lr, feature_cache=True,
+            model, head, loaders[0], loaders[1], optimizer, epochs=epochs, device=device, feature_cache=True,
             checkpoint_dir=folder, run_name="freeze", meta=meta), device)
     return model, history, seconds
 
 
-def forward_pass_seconds(model, settings, splits, root, loaders, device) -> float:
-    """参照：一次前向遍历——训练集（评估预处理）与验证集的每张图送进完整模型一次，含读图和预处理。
+def forward_pass_seconds(model, data, loaders, device) -> float:
+    """参照：一次前向遍历——训练集（评估预处理）与验证集的每张图送进完整模型一次（cu.evaluate），含读图和预处理。
 
-    这正是特征缓存要看的图片；内存布局与 cu.fit 相同，推理模式（最快的前向）。
+    这正是特征缓存要看的图片；内存布局与 cu.fit 相同。
     """
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    eval_tf = cu.build_eval_transform(settings.image_size, settings.resize_size)
-    plain_train = Subset(cu.image_folder(Path(root) / "train", transform=eval_tf), splits.train_ds.indices)
-    train = DataLoader(plain_train, batch_size=settings.batch_size, num_workers=loaders.num_workers)
-    layout = torch.channels_last if course_channels_last(device) else torch.contiguous_format
-    model.to(device, memory_format=layout).eval()
-
-    def one_pass():
-        with torch.inference_mode():
-            for loader in (train, loaders.val):
-                for images, _ in loader:
-                    model(images.to(device, memory_format=layout))
-
-    return timed(one_pass, device)[1]
+    plain = Subset(data.val_ds.dataset, data.train_ds.indices)  # val_ds 底下是换成评估预处理的 train/
+    train = DataLoader(plain, batch_size=loaders[0].batch_size, num_workers=loaders[0].num_workers)
+    model.to(device, memory_format=torch.channels_last if course_channels_last(device) else torch.contiguous_format)
+    return timed(lambda: [cu.evaluate(model, loader, device) for loader in (train, loaders[1])], device)[1]
 
 
 def standard_error(acc: float, n: int) -> float:
@@ -175,7 +150,7 @@ def standard_error(acc: float, n: int) -> float:
 
 def build_modes(state: dict, num_classes: int, lr: float, device) -> list:
     return [
-        TutorialMode("原教程式 strategy 1（基线，原教程写法）", state, num_classes, lr, device, channels_last=False),
+        TutorialMode("原教程式 strategy 1（基线：优化器只含分类头）", state, num_classes, lr, device, channels_last=False),
         TutorialMode("原教程式 + channels_last（只为拆开两个因素）", state, num_classes, lr, device, channels_last=True),
         CourseFreezeMode("本课程 freeze（cu.fit）", state, num_classes, lr, device),
     ]
@@ -183,45 +158,43 @@ def build_modes(state: dict, num_classes: int, lr: float, device) -> list:
 
 def interleaved_epochs(modes: list, loaders: list, epochs: int) -> list[list[float]]:
     """先各用 2 个批次热身（在模型副本上），再逐轮交替：每种做法每轮的用时（秒）。"""
-    for mode, loader in zip(modes, loaders):
-        copy.deepcopy(mode).epoch(loader, max_batches=2)  # 一次性开销（卷积算法选择、进程启动）不计入
+    for mode, (train, val, _) in zip(modes, loaders):
+        copy.deepcopy(mode).epoch(train, val, max_batches=2)  # 一次性开销（卷积算法选择、进程启动）不计入
     seconds = [[] for _ in modes]
     for _ in range(epochs):
-        for mode, loader, record in zip(modes, loaders, seconds):
-            record.append(timed(lambda: mode.epoch(loader), mode.device)[1])
+        for mode, (train, val, _), record in zip(modes, loaders, seconds):
+            record.append(timed(lambda: mode.epoch(train, val), mode.device)[1])
     return seconds
 
 
 def run(device, quick: bool = False, context: dict | None = None) -> tuple[Section, list[Target]]:
     """第 1 节的全部测量；返回结果表和两个目标（freeze 的加速倍数、特征缓存的 20 轮代价）。"""
-    settings, splits, root = demo_workload(quick)
-    num_classes, epochs = len(splits.class_names), 1 if quick else 3
-    calibration = cu.make_loaders(splits, settings, device).train
-    state = calibrated_backbone(num_classes, calibration, device, batches=3 if quick else 8, seed=settings.seed)
+    settings, data = demo_workload(quick)
+    num_classes, epochs = len(data.class_names), 1 if quick else 3
+    state = calibrated_backbone(num_classes, data.train_loader, device, batches=3 if quick else 8, seed=settings.seed)
     modes = build_modes(state, num_classes, settings.lr, device)
-    loaders = [cu.make_loaders(splits, settings, device) for _ in modes]  # 同一个种子：每种做法看到同样的批次顺序
+    loaders = [fresh_loaders(data, settings) for _ in modes]
     seconds = interleaved_epochs(modes, loaders, epochs)
-    cache_loaders = cu.make_loaders(splits, settings, device)
-    forward = [forward_pass_seconds(modes[-1].model, settings, splits, root, cache_loaders, device)]
-    cached_model, history, cached_seconds = run_cached(state, settings, splits, cache_loaders, device, FULL_EPOCHS)
-    forward.append(forward_pass_seconds(modes[-1].model, settings, splits, root, cache_loaders, device))
+    cache_loaders = fresh_loaders(data, settings)
+    forward = [forward_pass_seconds(modes[-1].model, data, cache_loaders, device)]
+    cached_model, history, cached_seconds = run_cached(state, settings, data, cache_loaders, device, FULL_EPOCHS)
+    forward.append(forward_pass_seconds(modes[-1].model, data, cache_loaders, device))
     test_batches = 2 if quick else None  # --quick 只测 2 个批次的测试集
     models = [m.model for m in modes] + [cached_model]
-    test = [cu.evaluate_accuracy(model, l.test, device, max_batches=test_batches,
-                                 channels_last=uses_channels_last(model))["acc"]
-            for model, l in zip(models, loaders + [cache_loaders])]
-    record_epochs(context, modes, seconds, splits)
-    n_test = min(len(splits.test_ds), (test_batches or 10**9) * settings.batch_size)
-    details = dict(settings=settings, splits=splits, loaders=loaders[0], epochs=epochs, state=state,
+    test = [accuracy(model, itertools.islice(test_loader, test_batches), device)
+            for model, (_, _, test_loader) in zip(models, loaders + [cache_loaders])]
+    record_epochs(context, modes, seconds, data)
+    n_test = min(len(data.test_ds), (test_batches or 10**9) * settings.batch_size)
+    details = dict(settings=settings, data=data, workers=data.train_loader.num_workers, epochs=epochs, state=state,
                    forward=min(forward), n_test=n_test)
     return summarize(modes, seconds, cached_model, history, cached_seconds, test, details)
 
 
-def record_epochs(context: dict | None, modes, seconds, splits) -> None:
+def record_epochs(context: dict | None, modes, seconds, data) -> None:
     """把每种做法一轮的用时和图片数留给第 5 节，算整轮达到峰值的比例。"""
     if context is None:
         return
-    sizes = {"train": len(splits.train_ds), "val": len(splits.val_ds)}
+    sizes = {"train": len(data.train_ds), "val": len(data.val_ds)}
     context["epochs"] = {mode.label.split("（")[0]: {"kind": "freeze" if isinstance(mode, CourseFreezeMode)
                                                     else "finetune", "seconds": median(s), **sizes}
                          for mode, s in zip(modes, seconds)}
@@ -267,11 +240,11 @@ def _row(label, model, state, epoch_s, base, total_s, how, val_acc, test_acc, n_
 
 
 def _notes(ctx, speedup: float, per_epoch: list[float]) -> list[str]:
-    s, splits, loaders = ctx["settings"], ctx["splits"], ctx["loaders"]
+    s, data = ctx["settings"], ctx["data"]
     layout_gain = per_epoch[0] / per_epoch[1]
     return [
-        f"数据：课程的演示数据集（{len(splits.class_names)} 类），训练 {len(splits.train_ds)} 张、验证 {len(splits.val_ds)} 张、"
-        f"测试 {len(splits.test_ds)} 张；{s.image_size} 像素，批量 {s.batch_size}，加载进程 {loaders.num_workers} 个（课程默认），"
+        f"数据：课程的演示数据集（{len(data.class_names)} 类），训练 {len(data.train_ds)} 张、验证 {len(data.val_ds)} 张、"
+        f"测试 {len(data.test_ds)} 张；{s.image_size} 像素，批量 {s.batch_size}，加载进程 {ctx['workers']} 个（课程默认），"
         "每种做法用同一个种子的 DataLoader，批次顺序相同。",
         "权重：随机初始化（这里无法下载 ImageNet 权重），BatchNorm 统计量先用本数据校准、各做法从同一个起点出发；"
         "用时与权重取值无关，准确率只用来比较各做法之间的差别，不代表迁移学习的效果。",
