@@ -7,16 +7,19 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import functools
+import io
 import math
 import time
 from pathlib import Path
 
 from . import paths
+from .paths import RECORD_METADATA_KEY
 from .checkpoints import (CheckpointNotFound, checkpoint_path, load_checkpoint, metrics_path, random_start,
                           read_metrics, write_metrics)
 from .config import STRATEGIES, resolve_settings
-from .models import build_model, count_params, make_optimizer, strategy_label
+from .models import build_model, make_optimizer, strategy_label
 from .progress import progress_bar
 from .runner import execute_notebook
 
@@ -32,8 +35,6 @@ SAME_RUN_KEYS = (
 )
 # 06 注入给每次 04 的参数：都不缓存特征（数据增广相同），先不评测试集（选定策略之后统一评）
 COMPARISON_PARAMETERS = {"FEATURE_CACHE": False, "TEST": False}
-# 执行过的 04 副本里的标记：讲义据此把它归入“训练记录”，而不是当成一节课
-RECORD_METADATA_KEY = "course_training_run"
 CHOICE_FILE = "choice.json"
 
 
@@ -75,8 +76,7 @@ def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebo
 
 
 def _load_metrics(profile: str, strategy: str) -> dict | None:
-    path = Path(metrics_path(profile, strategy))
-    return read_metrics(path) if path.exists() else None
+    return read_metrics(path) if (path := metrics_path(profile, strategy)).exists() else None
 
 
 def _reuse_blocker(profile: str, strategy: str, parameters: dict) -> str | None:
@@ -102,9 +102,8 @@ def run_strategies(profile: str, strategies=STRATEGIES, parameters: dict | None 
     返回：
         对比表（每行一种策略），多两列：“来源”（复用 / 本次训练）和“选中”（验证准确率最高的那种）。
     """
-    parameters = {k: v for k, v in (parameters or {}).items()
-                  if v is not None and k.upper() not in ("PROFILE", "STRATEGY")}
-    parameters = {**parameters, **COMPARISON_PARAMETERS}
+    parameters = {**{k: v for k, v in (parameters or {}).items()
+                     if v is not None and k.upper() not in ("PROFILE", "STRATEGY")}, **COMPARISON_PARAMETERS}
     sources = {}
     bar = progress_bar(list(strategies), desc="三种策略", unit="个")
     for strategy in bar:
@@ -134,10 +133,9 @@ def _choose(profile: str, strategies) -> str:
 def _test_after_choice(profile: str, strategies, device) -> None:
     """策略选定之后，才在测试集上把每种策略的最佳检查点各评一次，成绩写回它的指标 JSON。"""
     for strategy in strategies:
-        path = metrics_path(profile, strategy)
-        metrics = read_metrics(path)
         test = checkpoint_test_accuracy(checkpoint_path(profile, strategy), device)
-        write_metrics(path, {**metrics, "test_acc": test["acc"], "test_loss": test["loss"]})
+        path = metrics_path(profile, strategy)
+        write_metrics(path, {**read_metrics(path), "test_acc": test["acc"], "test_loss": test["loss"]})
 
 
 def checkpoint_test_accuracy(path, device, profile: str | None = None) -> dict:
@@ -178,7 +176,7 @@ def strategy_checkpoint(profile: str, strategy: str | None = None, run_missing: 
     run_missing = profile in ("demo", "smoke") if run_missing is None else run_missing
     choice_file = paths.output_dir(profile, "metrics") / CHOICE_FILE
     if strategy is None:
-        if not choice_file.exists() and run_missing:
+        if run_missing and not choice_file.exists():
             print(f"还没有做过三种策略的对比：现在按 06 的做法训练三种策略（{profile} 档位）……")
             run_strategies(profile, notebook=notebook)
         if choice_file.exists():
@@ -191,9 +189,9 @@ def strategy_checkpoint(profile: str, strategy: str | None = None, run_missing: 
             strategy = max(trained, key=lambda s: trained[s]["best_val_acc"])
             print(f"还没有运行 06：在已经训练过的 {'、'.join(trained)} 里按验证准确率选了 {strategy_label(strategy)}。")
     path = Path(checkpoint_path(profile, strategy))
+    if not path.exists() and not run_missing:
+        raise CheckpointNotFound(_missing(profile, strategy))
     if not path.exists():
-        if not run_missing:
-            raise CheckpointNotFound(_missing(profile, strategy))
         print(f"还没有 {strategy} 策略的检查点：现在用 papermill 运行 04_train.ipynb（{profile} 档位）来训练一个……")
         _run_training_notebook(profile, strategy, {}, notebook)
     return path
@@ -250,12 +248,9 @@ def comparison_caveats(profile: str, strategies=STRATEGIES) -> Notes:
                   "拿到权重后（联网，或在 parameters 单元格里写 WEIGHTS = \"权重文件路径\"）设 FORCE = True 重新运行。")
         notes.append(f"{'、'.join(randomly)} {why}预训练权重（随机初始化）：{effects}。"
                      f"所以它们和 scratch 的差别不能说明迁移学习的作用。{remedy}")
-    for strategy, m in metrics.items():
-        if m.get("feature_cache"):
-            notes.append(f"{strategy} 缓存了主干特征：训练时没有数据增广，和其他策略的条件不同（06 注入的参数本来不缓存）。")
-    used = {m.get("weights_note") for m in metrics.values() if m.get("weights")}
-    notes += sorted(used)
-    return notes
+    notes += [f"{s} 缓存了主干特征：训练时没有数据增广，和其他策略的条件不同（06 注入的参数本来不缓存）。"
+              for s, m in metrics.items() if m.get("feature_cache")]
+    return Notes(notes + sorted({m.get("weights_note") for m in metrics.values() if m.get("weights")}))
 
 
 def plot_strategy_curves(profile: str, strategies=STRATEGIES):
@@ -291,27 +286,22 @@ MIN_STEPS = 16  # 训练集很小时也至少走这么多步（否则每类 2 �
 
 
 def data_efficiency(settings, device, sizes=(2, 5, 10, 20), strategies=STRATEGIES):
-    """每类只留 sizes 张训练图（验证集、测试集不变），三种策略各训练一次，记下测试准确率；最后一列“全部”用全部训练图。
+    """每类只留 sizes 张训练图（验证集、测试集不变），每种策略各训练一次，记下测试准确率；另加一点“全部”训练图。
 
-    每次训练的步数固定：轮数取档位的轮数，但不少于 ``MIN_STEPS`` 步；报告最后一轮模型的测试准确率（不按验证集挑轮次，
-    每个点的做法完全相同）。freeze 缓存特征（所以很便宜，也没有数据增广）；“全部”一列的 finetune、scratch 直接评
-    06 刚训练的 ``<策略>_last.pt``（同样是最后一轮）。结果存在 ``metrics/data_efficiency.json``，设置相同就复用。
-    返回：
-        长表：策略、每类训练图、训练图片数、测试准确率、用时（秒）。
+    每个点做法相同：轮数取档位的轮数，但总步数不少于 ``MIN_STEPS``（smoke 除外）；报告最后一轮的测试准确率（不看验证集）。
+    freeze 缓存特征（很便宜，也没有数据增广）；“全部”的 finetune、scratch 直接评 06 刚训练的 ``<策略>_last.pt``。
+    结果存在 ``metrics/data_efficiency.json``，设置相同就复用。返回长表：策略、每类训练图、训练图片数、类别数、
+    测试准确率、测试损失、用时（秒）。
     """
     import pandas as pd
 
     cache = paths.output_dir(settings.profile, "metrics") / "data_efficiency.json"
     key = {"settings": settings.to_dict(), "sizes": list(sizes), "strategies": list(strategies), "min_steps": MIN_STEPS}
-    if cache.exists():
-        stored = json.loads(cache.read_text(encoding="utf-8"))
-        if stored.get("key") == key:
-            print(f"设置与上次相同：复用 {paths.display_path(cache)}。")
-            return pd.DataFrame(stored["rows"])
-    rows = []
+    if cache.exists() and (stored := read_metrics(cache)).get("key") == key:
+        print(f"设置与上次相同：复用 {paths.display_path(cache)}。")
+        return pd.DataFrame(stored["rows"])
     runs = [(s, n) for s in strategies for n in (*sizes, None)]
-    for strategy, per_class in progress_bar(runs, desc="数据量曲线", unit="次"):
-        rows.append(_efficiency_point(settings, strategy, per_class, device))
+    rows = [_efficiency_point(settings, s, n, device) for s, n in progress_bar(runs, desc="数据量曲线", unit="次")]
     write_metrics(cache, {"key": key, "rows": rows})
     return pd.DataFrame(rows)
 
@@ -320,58 +310,45 @@ def _efficiency_point(settings, strategy: str, per_class: int | None, device) ->
     """数据量曲线上的一个点：训练一次（或评 06 的最后一轮检查点），返回一行结果。"""
     import torch.nn.functional as F
 
-    from .data import course_data
+    from .data import course_data, dataset_classes
     from .train import evaluate, fit
 
     began = time.perf_counter()
     last = Path(checkpoint_path(settings.profile, strategy, kind="last"))
-    if per_class is None and strategy != "freeze" and last.exists():
-        model, meta = load_checkpoint(last, device=device)
-        data = checkpoint_data(settings, meta)
-    else:
-        model, head, info = build_model(settings.arch, len(_classes(settings)), strategy, settings.weights,
-                                        required=settings.weights_required)
-        data = course_data(settings, mean=info["mean"], std=info["std"], train_per_class=per_class)
-        steps = math.ceil(len(data.train_ds) / settings.batch_size)
-        epochs = max(settings.epochs, math.ceil(MIN_STEPS / steps))
-        optimizer = make_optimizer(model, head, strategy, settings.lr, settings.backbone_lr_scale)
-        with _quiet():
-            fit(model, head, data.train_loader, data.val_loader, optimizer, epochs=epochs, device=device,
+    with _quiet():
+        if per_class is None and strategy != "freeze" and last.exists():
+            model, meta = load_checkpoint(last, device=device)
+            data = checkpoint_data(settings, meta)
+        else:
+            model, head, info = build_model(settings.arch, len(dataset_classes(settings.dataset)), strategy,
+                                            settings.weights, required=settings.weights_required)
+            data = course_data(settings, mean=info["mean"], std=info["std"], train_per_class=per_class)
+            steps = math.ceil(len(data.train_ds) / settings.batch_size)  # smoke（max_batches 封顶）只为跑通，不补步数
+            epochs = settings.epochs if settings.max_batches else max(settings.epochs, math.ceil(MIN_STEPS / steps))
+            optimizer = make_optimizer(model, head, strategy, settings.lr, settings.backbone_lr_scale)
+            # 这里不看验证集（报告最后一轮的测试准确率），fit 每轮只验证一个批次，省下时间；freeze 的特征缓存要完整的验证集
+            val = data.val_loader if strategy == "freeze" else [next(iter(data.val_loader))]
+            fit(model, head, data.train_loader, val, optimizer, epochs=epochs, device=device,
                 max_batches=settings.max_batches, feature_cache=strategy == "freeze")
-    logits, labels = evaluate(model, data.test_loader, device)
+        logits, labels = evaluate(model, data.test_loader, device)
     return {"策略": strategy, "每类训练图": "全部" if per_class is None else per_class, "训练图片数": len(data.train_ds),
             "类别数": len(data.class_names),
             "测试准确率": (logits.argmax(1) == labels).float().mean().item(), "测试损失": F.cross_entropy(logits, labels).item(),
             "用时（秒）": round(time.perf_counter() - began, 1)}
 
 
-def _classes(settings) -> list[str]:
-    from .data import dataset_classes
+@contextlib.contextmanager
+def _quiet():
+    """训练十几次时不打印每一次的“已加载权重”和每次训练的进度条（外面有一个总进度条）。"""
+    from . import train
 
-    return dataset_classes(settings.dataset)
-
-
-class _quiet:
-    """训练几十次时不打印每一次的“已加载权重”和进度条（外面有一个总进度条）。"""
-
-    def __enter__(self):
-        import contextlib
-        import io
-        import os
-
-        self._env = os.environ.get("TQDM_DISABLE")
-        os.environ["TQDM_DISABLE"] = "1"
-        self._out = contextlib.redirect_stdout(io.StringIO())
-        self._out.__enter__()
-
-    def __exit__(self, *exc):
-        import os
-
-        self._out.__exit__(*exc)
-        if self._env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = self._env
+    shown = train.tqdm
+    train.tqdm = functools.partial(progress_bar, disable=True)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        train.tqdm = shown
 
 
 def plot_data_efficiency(table):
@@ -383,6 +360,7 @@ def plot_data_efficiency(table):
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for strategy, group in table.groupby("策略", sort=False):
         ax.plot(group["每类平均"], group["测试准确率"], marker="o", label=strategy_label(strategy))
+    ax.axhline(1 / table["类别数"].max(), color="gray", linestyle=":", label="随机猜测（1 / 类别数）")
     ticks = sorted(set(table["每类平均"].round().astype(int)))
     ax.set_xscale("log")
     ax.set_xticks(ticks, [str(t) for t in ticks])

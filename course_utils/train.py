@@ -101,7 +101,7 @@ def fit(model, head, train_loader, val_loader, optimizer, *, epochs: int, device
     ``<run_name>_last.pt``；``resume=True`` 从 last 接着训练，结果与不中断时完全相同。meta 写进检查点
     （``cu.checkpoints.REQUIRED_META`` 是必须有的项）。feature_cache=True（只用于 freeze）：主干的输出先算一遍，
     之后每轮只训练分类头；训练集特征用评估预处理算，用数据增广换速度。CPU 和 CUDA 上用 channels_last 内存布局训练
-    （CPU 上快 1.25–2.3 倍，见 benchmarks/），结束后换回。
+    （2 核 CPU 上 finetune 快 1.3–1.7 倍，见 benchmarks/），结束后换回。
     """
     device = torch.device(device)
     model.to(device)

@@ -1,43 +1,53 @@
-"""三种策略的编排：用一个小笔记本代替 04，检查训练、复用、随机权重不复用、出错信息、检查点补训练、对比表与说明。"""
+"""06 的对比：用一个小笔记本代替 04（写真的小检查点和指标），检查注入的参数、复用与重新训练、只按验证集选策略、
+选定之后才评测试集、出错信息、检查点补训练、对比表、说明、两张图和数据量曲线的缓存。"""
 
 import nbformat
 import pytest
 
 import course_utils as cu
-from course_utils.compare import RECORD_METADATA_KEY, _epoch_seconds, _finished_run_matches, _reuse_blocker
+from course_utils import compare
+from course_utils.checkpoints import CheckpointNotFound, metrics_path, read_metrics, summarize_run, write_metrics
+from course_utils.compare import COMPARISON_PARAMETERS, RECORD_METADATA_KEY, StrategyRunFailed, _choose, _reuse_blocker
 
+pytestmark = pytest.mark.usefixtures("chinese_font", "one_torch_thread")  # 见 conftest.py
 
-pytestmark = pytest.mark.usefixtures("chinese_font")  # 见 conftest.py
+LABELS = {"freeze": "冻结主干，只训练分类头（freeze）", "finetune": "微调全部层（finetune）", "scratch": "从头训练（scratch）"}
 
+# 像 04 那样：按注入的参数补全设置、建模型、写真的检查点（随机权重）和指标 JSON；验证准确率是编出来的
 FAKE_TRAIN = """
 import course_utils as cu
+from course_utils.checkpoints import save_checkpoint
 
 if STRATEGY == "broken":
     raise RuntimeError("故意出错")
-settings = cu.with_training_defaults(cu.resolve_settings(PROFILE, epochs=EPOCHS, weights=WEIGHTS, strategy=STRATEGY))
+settings = cu.resolve_settings(PROFILE, strategy=STRATEGY, epochs=EPOCHS, feature_cache=FEATURE_CACHE, test=TEST)
 log = cu.output_dir(settings.profile) / "runs.log"
-log.write_text((log.read_text() if log.exists() else "") + f"{STRATEGY}:{WEIGHTS}\\n")
-acc = {"freeze": 0.8, "finetune": 0.9, "scratch": 0.3}[STRATEGY]
-import pathlib
-loaded = settings.weights if STRATEGY != "scratch" and pathlib.Path(str(settings.weights)).is_file() else None
+log.write_text((log.read_text() if log.exists() else "") + f"{STRATEGY}:{EPOCHS}:{FEATURE_CACHE}:{TEST}\\n")
+class_names = cu.dataset_classes(settings.dataset)
+model, head, info = cu.build_model(settings.arch, len(class_names), STRATEGY, weights=None)
+meta = cu.run_meta(settings, info, class_names)
+acc = {"freeze": 0.6, "finetune": 0.9, "scratch": 0.3}[STRATEGY]
 history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": acc, "val_loss": 1.2 / e,
-            "val_acc": acc * e / settings.epochs, "lr": 0.001, "seconds": 2.0} for e in range(1, settings.epochs + 1)]
-cu.write_metrics(cu.metrics_path(settings.profile, STRATEGY), {
-    "strategy": STRATEGY, "profile": settings.profile, "weights": loaded,
-    "weights_note": "", "epochs": settings.epochs, "best_epoch": settings.epochs, "best_val_acc": acc,
-    "test_acc": acc - 0.05, "trainable_params": 100 if STRATEGY == "freeze" else 1000, "total_params": 1000,
-    "seconds_total": 2.0 * settings.epochs, "seconds_per_epoch": 2.0, "device": "cpu",
-    "feature_cache": settings.extra["feature_cache"], "history": history, "settings": settings.to_dict()})
-cu.checkpoint_path(settings.profile, STRATEGY).write_bytes(b"checkpoint")
+            "val_acc": acc * e / settings.epochs, "lr": settings.lr, "seconds": 0.5, "cache_seconds": 0.0}
+           for e in range(1, settings.epochs + 1)]
+save_checkpoint(cu.checkpoint_path(settings.profile, STRATEGY), model,
+                {**meta, "best_epoch": settings.epochs, "best_val_acc": acc})
+cu.record_run(meta, history, model, device="cpu", test=None)
 """
 
 
 @pytest.fixture
-def fake_train(tmp_path, monkeypatch):
-    """一个像 04 那样写指标 JSON 和检查点的小笔记本；输出目录换到临时目录（子内核继承环境变量）。"""
+def outputs(tmp_path, monkeypatch):
+    """输出目录换到临时目录（子内核继承环境变量）。"""
     monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path / "outputs"))
+    return tmp_path / "outputs"
+
+
+@pytest.fixture
+def fake_train(tmp_path, outputs):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('PROFILE = None\nSTRATEGY = "freeze"\nEPOCHS = None\nWEIGHTS = None')
+    params = nbformat.v4.new_code_cell(
+        'PROFILE = None\nSTRATEGY = "freeze"\nEPOCHS = None\nFEATURE_CACHE = None\nTEST = True')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(FAKE_TRAIN)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -46,144 +56,209 @@ def fake_train(tmp_path, monkeypatch):
     return path
 
 
-def _runs(tmp_path):
-    """小笔记本被执行过的记录：["策略:WEIGHTS", ...]。"""
-    log = tmp_path / "outputs" / "smoke" / "runs.log"
+def _runs(outputs, profile="smoke"):
+    """小笔记本被执行过的记录：["策略:EPOCHS:FEATURE_CACHE:TEST", ...]。"""
+    log = outputs / profile / "runs.log"
     return log.read_text().split() if log.exists() else []
 
 
-def test_run_strategies_trains_each_strategy_once_then_reuses_matching_runs(fake_train, tmp_path, capfd):
-    table = cu.run_strategies("smoke", ["freeze", "scratch"], {"EPOCHS": None}, notebook=fake_train)
-    assert _runs(tmp_path) == ["freeze:None", "scratch:None"]
-    assert "Kernel is running" not in capfd.readouterr().err  # 子内核的启动日志不会混进笔记本输出
+def _write_metrics(profile, strategy, *, val, test=None, weights=None, feature_cache=False, epochs=3, asked=None):
+    """不训练，直接写一份与 04 格式相同的指标（summarize_run 生成）；设置与 06 注入的参数补全后一致，可以复用。"""
+    settings = cu.resolve_settings(profile, strategy=strategy, feature_cache=feature_cache,
+                                   **({"weights": asked} if asked else {}))
+    meta = {"strategy": strategy, "profile": profile, "arch": settings.arch, "weights": weights,
+            "weights_note": f"{strategy}：说明" if weights else "未使用预训练权重：随机初始化。",
+            "image_size": settings.image_size, "settings": settings.to_dict()}
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": val, "val_loss": 1.5 / e, "val_acc": val * e / epochs,
+                "lr": settings.lr, "seconds": 2.0, "cache_seconds": 0.0} for e in range(1, epochs + 1)]
+    trainable = 100 if strategy == "freeze" else 1000
+    test = None if test is None else {"acc": test, "loss": 1.0}
+    write_metrics(metrics_path(profile, strategy), summarize_run(meta, history, trainable_params=trainable,
+                                                                total_params=1000, device="cpu", test=test))
+
+
+# ---------------------------------------------------------------- 执行 04：注入的参数、复用、重新训练
+
+
+def test_run_strategies_trains_with_the_same_augmentation_then_reuses_and_retrains_when_settings_differ(
+        fake_train, outputs):
+    table = compare.run_strategies("smoke", ["freeze", "scratch"], {"EPOCHS": None}, notebook=fake_train)
+    assert _runs(outputs) == ["freeze:None:False:False", "scratch:None:False:False"]  # 不缓存特征、先不评测试集
     assert table["来源"].tolist() == ["本次训练：还没有训练结果"] * 2
-    assert list(table.index) == ["冻结主干，只训练分类头（freeze）", "从头训练（scratch）"]
-    assert table["测试集准确率"].tolist() == pytest.approx([0.75, 0.25])
-    assert table["可训练参数"].tolist() == [100, 1000]
-    assert table["初始权重"].tolist() == ["随机初始化", "随机初始化"]
-    executed = tmp_path / "outputs" / "smoke" / "notebooks"
+    assert list(table.index) == [LABELS["freeze"], LABELS["scratch"]]
+    assert table["选中"].tolist() == ["✔（验证准确率最高）", ""]
+    assert read_metrics(outputs / "smoke" / "metrics" / "choice.json")["strategy"] == "freeze"
+    # 测试准确率是选定之后用真的检查点评出来的（随机权重，数值随意，但必须是评出来的）
+    real = compare.checkpoint_test_accuracy(cu.checkpoint_path("smoke", "scratch"), "cpu")
+    assert table.loc[LABELS["scratch"], "测试集准确率"] == pytest.approx(real["acc"])
+    assert 0.0 <= real["acc"] <= 1.0
+    assert table["分类头学习率"].tolist() == ["0.001", "0.001"]
+    assert table["主干学习率"].tolist() == ["不训练", "0.001"]
+    assert table["特征缓存"].tolist() == ["否", "否"] and table["初始权重"].tolist() == ["随机初始化"] * 2
+    executed = outputs / "smoke" / "notebooks"
     record = nbformat.read(executed / "04_fake_freeze.ipynb", as_version=4)
-    assert record.metadata[RECORD_METADATA_KEY]["strategy"] == "freeze"  # 讲义据此归入“训练记录”
-    assert (executed / "04_fake_scratch.ipynb").exists()
+    injected = {"FEATURE_CACHE": False, "TEST": False, "PROFILE": "smoke", "STRATEGY": "freeze"}
+    assert record.metadata[RECORD_METADATA_KEY] == {"strategy": "freeze", "parameters": injected}  # 讲义据此归为训练记录
 
-    again = cu.run_strategies("smoke", ["freeze", "scratch"], {"EPOCHS": None}, notebook=fake_train)
-    assert _runs(tmp_path) == ["freeze:None", "scratch:None"]  # 设置相同：不再训练
-    assert again["来源"].tolist() == ["复用已有结果", "复用已有结果"]
+    again = compare.run_strategies("smoke", ["freeze", "scratch"], notebook=fake_train)
+    assert len(_runs(outputs)) == 2 and again["来源"].tolist() == ["复用已有结果"] * 2  # 设置相同：不再训练
 
-    assert _reuse_blocker("smoke", "freeze", {"EPOCHS": 2}) == "设置不同（epochs）"  # 轮数不同：要重新训练
+    # 设置不同就重新训练，并说出是哪一项不同；smoke 的 freeze 默认缓存特征，06 注入 False 才与另外两种相同
+    assert _reuse_blocker("smoke", "freeze", {"EPOCHS": 2, **COMPARISON_PARAMETERS}) == "设置不同（epochs）"
+    assert _reuse_blocker("smoke", "freeze", {}) == "设置不同（feature_cache）"
+    assert _reuse_blocker("smoke", "finetune", COMPARISON_PARAMETERS) == "还没有训练结果"
+    changed = compare.run_strategies("smoke", ["freeze"], {"EPOCHS": 2}, notebook=fake_train)
+    assert changed["来源"].tolist() == ["本次训练：设置不同（epochs）"] and changed["轮数"].tolist() == [2]
+    forced = compare.run_strategies("smoke", ["freeze"], {"EPOCHS": 2}, force=True, notebook=fake_train)
+    assert forced["来源"].tolist() == ["本次训练：指定了重新训练（FORCE）"]
+    assert _runs(outputs)[2:] == ["freeze:2:False:False"] * 2
 
-    forced = cu.run_strategies("smoke", ["freeze"], {"EPOCHS": 2}, force=True, notebook=fake_train)
-    assert _runs(tmp_path) == ["freeze:None", "scratch:None", "freeze:None"]
-    assert forced["轮数"].tolist() == [2] and forced["来源"].tolist() == ["本次训练：指定了重新训练（FORCE）"]
-
-
-def test_runs_that_fell_back_to_random_weights_are_not_reused_once_the_weights_are_here(fake_train, tmp_path):
-    """WEIGHTS 一路传到 04。上次没拿到权重（随机初始化）的 freeze / finetune：本机还是没有权重时照样复用
-    （离线重训只会再次随机初始化），权重到了本机就不再复用；scratch 不用权重，总是复用。"""
-    weights = tmp_path / "resnet18.pth"
-    asked = {"WEIGHTS": str(weights)}  # 小笔记本里：文件存在才算“加载了权重”
-    table = cu.run_strategies("smoke", ["freeze"], asked, notebook=fake_train)
-    assert _runs(tmp_path) == [f"freeze:{weights}"] and table["初始权重"].tolist() == ["随机初始化"]
-    assert _finished_run_matches("smoke", "freeze", asked)  # 权重仍然不在本机：复用
-    weights.write_bytes(b"weights")
-    assert _reuse_blocker("smoke", "freeze", asked) == "上次没有用上预训练权重，现在本机有了"
-
-    def fake_metrics(strategy, weights_asked, weights_loaded):
-        settings = cu.with_training_defaults(cu.resolve_settings("smoke", weights=weights_asked, strategy=strategy))
-        metrics = {"settings": settings.to_dict(), "weights": weights_loaded}
-        cu.write_metrics(cu.metrics_path("smoke", strategy), metrics)
-
-    fake_metrics("scratch", str(weights), None)
-    assert _finished_run_matches("smoke", "scratch", asked)  # scratch 本来就不用预训练权重
-    fake_metrics("freeze", str(weights), str(weights))
-    assert _finished_run_matches("smoke", "freeze", asked)  # 上次用上了：复用
-    assert _reuse_blocker("smoke", "freeze", {"WEIGHTS": "other.pth"}) == "设置不同（weights）"
-
-
-def test_run_strategies_names_the_failing_strategy_and_the_executed_copy(fake_train):
-    with pytest.raises(cu.StrategyRunFailed, match="STRATEGY = 'broken'.*故意出错(.|\\n)*04_fake_broken.ipynb"):
-        cu.run_strategies("smoke", ["broken"], notebook=fake_train)
-
-
-def test_ensure_checkpoint_trains_only_where_it_is_cheap(fake_train, tmp_path):
-    with pytest.raises(FileNotFoundError, match="先运行 04_train.ipynb.*--only 04 -p STRATEGY=finetune"):
-        cu.ensure_checkpoint("full", "finetune", notebook=fake_train)  # full 档位训练很久：只提示
-    assert _runs(tmp_path) == []
-    path = cu.ensure_checkpoint("smoke", "finetune", notebook=fake_train)
+    # 05、07 要的检查点：指定的策略没有结果时，在 smoke 档位当场训练一次，之后直接用
+    path = compare.strategy_checkpoint("smoke", "finetune", notebook=fake_train)
     assert path == cu.checkpoint_path("smoke", "finetune") and path.exists()
-    assert cu.ensure_checkpoint("smoke", "finetune", notebook=fake_train) == path
-    assert _runs(tmp_path) == ["finetune:None"]  # 已经有了就不再训练
+    assert compare.strategy_checkpoint("smoke", "finetune", notebook=fake_train) == path
+    assert _runs(outputs)[4:] == ["finetune:None:None:True"]  # 单独补训练用 04 的默认参数
 
 
-def _write_fake_metrics(profile, strategies, weights, seconds=(2.0, 2.0, 2.0), feature_cache=False,
-                        asked="IMAGENET1K_V1"):
-    for s in strategies:
-        history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.5 / e, "val_acc": 0.2 * e, "seconds": sec}
-                   for e, sec in enumerate(seconds, start=1)]
-        cu.write_metrics(cu.metrics_path(profile, s), {
-            "strategy": s, "weights": weights, "weights_note": "说明", "history": history, "test_acc": 0.5,
-            "feature_cache": feature_cache and s == "freeze", "seconds_total": sum(seconds),
-            "settings": {"weights": asked}})
+def test_run_strategies_names_the_failing_strategy_and_the_executed_copy(fake_train, outputs):
+    with pytest.raises(StrategyRunFailed, match="STRATEGY = 'broken'.*故意出错(.|\\n)*04_fake_broken.ipynb"):
+        compare.run_strategies("smoke", ["broken"], notebook=fake_train)
+    failed = nbformat.read(outputs / "smoke" / "notebooks" / "04_fake_broken.ipynb", as_version=4)
+    assert failed.metadata[RECORD_METADATA_KEY]["strategy"] == "broken"  # 出错的副本也标成训练记录
 
 
-def test_strategy_curves_have_one_line_per_strategy(tmp_path, monkeypatch):
+# ---------------------------------------------------------------- 只按验证集选，选定之后才评测试集
+
+
+def test_the_choice_is_made_on_validation_before_any_test_score_exists(outputs, monkeypatch):
+    """验证集上最好的是 finetune，测试集上最好的却是 scratch：选中的必须是 finetune，而且选的时候还没有测试成绩。"""
+    for strategy, val in {"freeze": 0.8, "finetune": 0.9, "scratch": 0.7}.items():
+        _write_metrics("smoke", strategy, val=val, feature_cache=False)
+    test_scores = {"freeze": 0.5, "finetune": 0.6, "scratch": 0.95}
+    choice_file = outputs / "smoke" / "metrics" / "choice.json"
+    seen = []
+
+    def fake_test(path, device, profile=None):
+        strategy = path.stem.rsplit("_", 1)[0]
+        seen.append((strategy, choice_file.exists(), read_metrics(metrics_path("smoke", strategy))["test_acc"]))
+        return {"acc": test_scores[strategy], "loss": 1.0}
+
+    monkeypatch.setattr(compare, "checkpoint_test_accuracy", fake_test)
+    table = compare.run_strategies("smoke", notebook="不会用到.ipynb")  # 三种都能复用：不执行笔记本
+    assert seen == [(s, True, None) for s in cu.STRATEGIES]  # 每种评一次，都在选定之后，之前没有测试成绩
+    assert read_metrics(choice_file)["strategy"] == "finetune"
+    assert table["选中"].tolist() == ["", "✔（验证准确率最高）", ""]
+    assert table["测试集准确率"].tolist() == pytest.approx([0.5, 0.6, 0.95])  # 测试集上 scratch 最好，也不改选择
+    assert read_metrics(metrics_path("smoke", "scratch"))["test_acc"] == 0.95
+    assert table["主干学习率"].tolist() == ["不训练", "0.0001", "0.001"]  # finetune 的主干学习率小十倍
+
+    _write_metrics("smoke", "scratch", val=0.9)  # 并列时取课程里靠前的
+    assert _choose("smoke", ["scratch", "finetune"]) == "scratch"
+    assert _choose("smoke", cu.STRATEGIES) == "finetune"
+
+
+def test_strategy_checkpoint_uses_the_choice_and_explains_itself(outputs, capsys):
+    with pytest.raises(CheckpointNotFound, match="(?s)先运行 04_train.ipynb.*--only 04 -p STRATEGY=finetune"):
+        compare.strategy_checkpoint("full", "finetune")  # full 档位训练很久：只提示，不训练
+    with pytest.raises(CheckpointNotFound, match="full 档位、freeze 策略"):
+        compare.strategy_checkpoint("full")  # 一种策略也没有训练过
+    for strategy, val in {"freeze": 0.7, "scratch": 0.4}.items():
+        _write_metrics("full", strategy, val=val)
+        cu.checkpoint_path("full", strategy).write_bytes(b"")
+    assert compare.strategy_checkpoint("full") == cu.checkpoint_path("full", "freeze")
+    assert "还没有运行 06：在已经训练过的 freeze、scratch 里按验证准确率选了" in capsys.readouterr().out
+    write_metrics(outputs / "full" / "metrics" / "choice.json", {"strategy": "scratch"})
+    assert compare.strategy_checkpoint("full") == cu.checkpoint_path("full", "scratch")
+    assert "使用 06 按验证集选中的策略：从头训练（scratch）。" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 对比表、说明、学习曲线
+
+
+def test_comparison_table_states_each_learning_rate_and_cost(outputs):
+    for strategy in cu.STRATEGIES:
+        _write_metrics("demo", strategy, val=0.9, test=0.8, weights=None if strategy == "scratch" else "来源")
+    table = compare.strategy_comparison("demo")
+    assert list(table.index) == list(LABELS.values())
+    assert table["可训练参数"].tolist() == [100, 1000, 1000] and table["轮数"].tolist() == [3, 3, 3]
+    assert table["分类头学习率"].tolist() == ["0.001"] * 3
+    assert table["主干学习率"].tolist() == ["不训练", "0.0001", "0.001"]
+    assert table["初始权重"].tolist() == ["来源", "来源", "随机初始化"]
+    assert table["每轮用时（秒）"].tolist() == pytest.approx([2.0] * 3)
+    with pytest.raises(FileNotFoundError, match="还没有这些策略的训练结果：missing"):
+        compare.strategy_comparison("demo", ["freeze", "missing"])
+
+
+def test_caveats_mention_random_weights_only_when_the_run_had_them(outputs):
+    for strategy in cu.STRATEGIES:
+        _write_metrics("smoke", strategy, val=0.3)  # smoke：按设置不用预训练权重
+    smoke = compare.comparison_caveats("smoke")
+    text = "\n".join(smoke)
+    assert "不是 fruit30" in text
+    assert "freeze、finetune 按设置没有用预训练权重（随机初始化）" in text and "拿到权重后" not in text
+    assert "finetune 等同于从头训练（只是主干网络的学习率更小）" in text
+    assert smoke._repr_markdown_().startswith("- 这次用的是课程生成的 smoke 数据集")  # 笔记本里显示成项目列表
+
+    for strategy in ("freeze", "finetune"):  # 想要权重却没拿到：说明怎样补救
+        _write_metrics("demo", strategy, val=0.3, asked="imagenet")
+    assert "拿到权重后" in "\n".join(compare.comparison_caveats("demo", ["freeze", "finetune"]))
+
+    for strategy in cu.STRATEGIES:  # 真的用上了预训练权重（quick 是 fruit30）
+        _write_metrics("quick", strategy, val=0.9, weights=None if strategy == "scratch" else "IMAGENET1K_V1")
+    quick = compare.comparison_caveats("quick")
+    assert not any("随机" in note or "fruit30" in note for note in quick)
+    assert quick == ["finetune：说明", "freeze：说明"]  # 只剩权重从哪里来（去重、排序）
+
+    _write_metrics("quick", "freeze", val=0.9, weights="IMAGENET1K_V1", feature_cache=True)
+    assert any("freeze 缓存了主干特征" in n and "没有数据增广" in n for n in compare.comparison_caveats("quick"))
+    assert compare.Notes()._repr_markdown_() == "（没有需要特别注意的地方。）"
+
+
+def test_strategy_curves_have_one_line_per_strategy(outputs):
     import matplotlib.pyplot as plt
 
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    _write_fake_metrics("demo", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
-    fig = cu.plot_strategy_curves("demo")
+    for strategy in cu.STRATEGIES:
+        _write_metrics("demo", strategy, val=0.6)
+    fig = compare.plot_strategy_curves("demo")
     acc_ax, loss_ax = fig.axes
-    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == [
-        "冻结主干，只训练分类头（freeze）", "微调全部层（finetune）", "从头训练（scratch）"]
-    assert [list(line.get_ydata()) for line in acc_ax.lines][0] == pytest.approx([0.2, 0.4, 0.6])
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == list(LABELS.values())
+    assert len(acc_ax.lines) == 3 and list(acc_ax.lines[0].get_ydata()) == pytest.approx([0.2, 0.4, 0.6])
     assert len(loss_ax.lines) == 6  # 每种策略一条验证损失、一条训练损失
     assert list(acc_ax.get_xticks()) == [1, 2, 3]  # 轮数是整数
     plt.close(fig)
-    with pytest.raises(FileNotFoundError, match="还没有这些策略的训练结果：missing"):
-        cu.strategy_comparison("demo", ["freeze", "missing"])
 
 
-def test_caveats_say_when_data_or_weights_are_not_the_real_thing(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    _write_fake_metrics("demo", ["freeze", "finetune", "scratch"], None)
-    notes = cu.comparison_caveats("demo")
-    text = "\n".join(notes)
-    assert "不是 fruit30" in text
-    assert "freeze、finetune 这次没有用上 ImageNet 预训练权重" in text
-    assert "finetune 等同于从头训练（只是主干网络的学习率更小）" in text
-    assert notes._repr_markdown_().startswith("- 这次用的是")  # 笔记本里显示成项目列表
-    assert "拿到权重后" in text  # 想要权重却没拿到：告诉你怎样补救
-    _write_fake_metrics("smoke", ["freeze", "finetune"], None, asked=None)
-    smoke = "\n".join(cu.comparison_caveats("smoke", ["freeze", "finetune"]))
-    assert "freeze、finetune 按设置没有用 ImageNet 预训练权重" in smoke and "拿到权重后" not in smoke
-    _write_fake_metrics("quick", ["freeze", "finetune", "scratch"], "IMAGENET1K_V1")
-    quick = cu.comparison_caveats("quick")
-    assert not any("fruit30" in n or "没有用上" in n for n in quick)
-    assert quick == ["freeze：说明", "finetune：说明", "scratch：说明"]  # 权重从哪里来
+# ---------------------------------------------------------------- 数据量曲线
 
 
-def test_feature_cache_time_is_reported_apart_from_the_epoch_time(tmp_path, monkeypatch):
-    """缓存特征的时间算在第 1 轮里：表里“每轮用时”不含它，另列一栏，说明里点出没有数据增广。"""
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    _write_fake_metrics("demo", ["freeze", "finetune"], "IMAGENET1K_V1", seconds=(9.0, 1.0, 2.0), feature_cache=True)
-    table = cu.strategy_comparison("demo", ["freeze", "finetune"])
-    assert table["每轮用时（秒）"].tolist() == pytest.approx([1.5, 4.0])
-    assert table["特征缓存用时（秒）"].iloc[0] == pytest.approx(7.5)
-    assert table["特征缓存用时（秒）"].isna().iloc[1]
-    text = "\n".join(cu.comparison_caveats("demo", ["freeze", "finetune"]))
-    assert "freeze 缓存了主干网络的特征" in text and "约 7.5 秒" in text and "没有数据增广" in text
-    assert _epoch_seconds({"feature_cache": True, "history": [{"seconds": 5.0}]}) == (5.0, None)  # 1 轮分不开
-    recorded = {"feature_cache": True, "cache_seconds": 3.0, "history": [{"seconds": 5.0}, {"seconds": 2.0}]}
-    assert _epoch_seconds(recorded) == (2.0, 3.0)  # 04 记下了缓存用时就直接用
+def test_data_efficiency_trains_each_point_once_and_reuses_the_cache(outputs, monkeypatch, capsys):
+    import matplotlib.pyplot as plt
+    import pandas as pd
 
+    settings = cu.resolve_settings("smoke")
+    table = compare.data_efficiency(settings, "cpu", sizes=(2,), strategies=("freeze",))
+    classes = len(cu.dataset_classes("smoke"))
+    assert table["策略"].tolist() == ["freeze", "freeze"] and table["每类训练图"].tolist() == [2, "全部"]
+    assert table["训练图片数"].iloc[0] == 2 * classes and table["训练图片数"].iloc[1] > 2 * classes
+    assert table["类别数"].tolist() == [classes] * 2
+    assert table["测试准确率"].between(0, 1).all()
+    assert (outputs / "smoke" / "metrics" / "data_efficiency.json").exists()
+    assert "训练:" not in capsys.readouterr().err  # 只有一个总进度条，每次训练的进度条不画
 
-def test_reuse_check_fills_in_defaults_like_notebook_04(tmp_path, monkeypatch):
-    """只改 IMAGE_SIZE 时 04 会同步缩放 resize_size：复用判断要按同样的规则补全，才认得出已有结果。"""
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    trained = cu.with_training_defaults(cu.resolve_settings("demo", image_size=64, strategy="freeze"))
-    assert trained.resize_size != cu.resolve_settings("demo").resize_size
-    cu.write_metrics(cu.metrics_path("demo", "freeze"), {"settings": trained.to_dict(), "weights": "IMAGENET1K_V1"})
-    assert _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 64})
-    assert not _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 96})
-    assert not _finished_run_matches("demo", "freeze", {"IMAGE_SIZE": 64, "FEATURE_CACHE": False})
-    assert not _finished_run_matches("demo", "finetune", {"IMAGE_SIZE": 64})  # 没有结果
+    def no_training(*args):
+        raise AssertionError("不该重新训练")
+
+    monkeypatch.setattr(compare, "_efficiency_point", no_training)
+    again = compare.data_efficiency(settings, "cpu", sizes=(2,), strategies=("freeze",))
+    assert "设置与上次相同：复用" in capsys.readouterr().out
+    assert again.to_dict("list") == table.to_dict("list")
+    with pytest.raises(AssertionError, match="不该重新训练"):  # 换了数据量：缓存不算数
+        compare.data_efficiency(settings, "cpu", sizes=(3,), strategies=("freeze",))
+
+    two = table.assign(策略="scratch", 测试准确率=0.2)
+    fig = compare.plot_data_efficiency(pd.concat([table, two], ignore_index=True))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [LABELS["freeze"], LABELS["scratch"], "随机猜测（1 / 类别数）"]
+    assert len(ax.lines) == 3 and list(ax.lines[1].get_ydata()) == pytest.approx([0.2, 0.2])  # 每种策略一条，加一条参考线
+    assert list(ax.lines[2].get_ydata()) == pytest.approx([1 / classes] * 2)
+    plt.close(fig)
