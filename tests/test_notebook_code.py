@@ -113,3 +113,11 @@ def test_core_notebooks_write_the_pytorch_idioms_themselves(notebook):
     code = "\n".join(_code_cells(NOTEBOOKS / notebook))
     for alternatives in IDIOMS[notebook]:
         assert any(text in code for text in alternatives), f"{notebook} 的代码单元格里没有 {' 或 '.join(alternatives)}"
+
+
+def test_no_notebook_wraps_a_loader_in_tqdm_auto():
+    """tqdm.auto 创建进度条时就 iter() 一次 DataLoader（tqdm 的 issue #1598）：多一个迭代器、多读几批、
+    打乱的顺序和课程包（无人值守时用普通 tqdm）不同。笔记本用 tqdm.notebook，课程包用 tqdm.autonotebook。"""
+    offenders = [path.name for path in sorted(NOTEBOOKS.rglob("*.ipynb"))
+                 if any("tqdm.auto import" in source for source in _code_cells(path))]
+    assert offenders == []

@@ -355,3 +355,34 @@ def test_demo_data_with_pretrained_lite0_freeze_is_far_above_chance_and_scratch_
         results[strategy] = (logits.argmax(1) == labels).float().mean().item()
     assert results["freeze"] > 0.8, results
     assert results["freeze"] - results["scratch"] > 0.15, results
+
+
+class _CountingIterable:
+    """记下被 iter() 了几次（每次 iter() 一个 DataLoader，就多一个迭代器，多启动加载进程、多读几批）。"""
+
+    def __init__(self):
+        self.iterations = 0
+
+    def __len__(self):
+        return 3
+
+    def __iter__(self):
+        self.iterations += 1
+        return iter(range(3))
+
+
+@pytest.mark.parametrize("headless", ["1", ""])
+def test_progress_bars_iterate_a_loader_only_once(headless, monkeypatch):
+    """tqdm.auto 会在创建进度条时先 iter() 一次（tqdm 的 issue #1598）；课程的进度条不能这样。"""
+    from course_utils.progress import progress_bar
+
+    monkeypatch.setenv("COURSE_HEADLESS", headless)
+    data = _CountingIterable()
+    assert list(progress_bar(data, desc="评估", leave=False)) == [0, 1, 2]
+    assert data.iterations == 1
+    images, labels = _tensors(n=6)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=3, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    plain = [batch[1].tolist() for batch in DataLoader(TensorDataset(images, labels), batch_size=3, shuffle=True,
+                                                       generator=torch.Generator().manual_seed(0))]
+    assert [batch[1].tolist() for batch in progress_bar(loader)] == plain  # 打乱的顺序和不加进度条时相同
