@@ -131,10 +131,15 @@ def _choose(profile: str, strategies) -> str:
 
 
 def _test_after_choice(profile: str, strategies, device) -> None:
-    """策略选定之后，才在测试集上把每种策略的最佳检查点各评一次，成绩写回它的指标 JSON。"""
+    """策略选定之后，才在测试集上把每种策略的最佳检查点各评一次，成绩写回它的指标 JSON。
+
+    指标里已有测试成绩的（04 单独运行时评过同一个最佳检查点，或者上次对比时评过）不再重评：数字会完全一样。
+    """
     for strategy in strategies:
-        test = checkpoint_test_accuracy(checkpoint_path(profile, strategy), device)
         path = metrics_path(profile, strategy)
+        if read_metrics(path).get("test_acc") is not None:
+            continue
+        test = checkpoint_test_accuracy(checkpoint_path(profile, strategy), device)
         write_metrics(path, {**read_metrics(path), "test_acc": test["acc"], "test_loss": test["loss"]})
 
 

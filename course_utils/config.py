@@ -159,7 +159,7 @@ def resolve_settings(profile: str | None = None, **overrides) -> Settings:
         raise ProfileError(f"课程支持的网络结构是 {' / '.join(ARCHS)}，收到的是 {changes['arch']!r}。检查 ARCH。")
     if "strategy" in extra:  # 训练用的笔记本（04）：检查策略名，补上是否缓存特征
         extra["strategy"] = check_strategy(extra["strategy"] or "freeze")
-        extra["feature_cache"] = _feature_cache(extra.get("feature_cache"), extra["strategy"], base.profile)
+        extra["feature_cache"] = _feature_cache(extra.get("feature_cache"), extra["strategy"])
     if "image_size" in changes and "resize_size" not in changes:
         # 只改了输入边长时，评估用的缩放边长按档位原来的比例跟着变（例如 224 -> 256）
         changes["resize_size"] = round(changes["image_size"] * base.resize_size / base.image_size)
@@ -175,11 +175,9 @@ def check_strategy(strategy: str) -> str:
     return name
 
 
-def _feature_cache(value, strategy: str, profile: str) -> bool:
-    """没有指定时：freeze 在 quick / demo / smoke 档位缓存特征（CPU 上快很多），full 保留数据增广，不缓存。"""
-    if value is None:
-        return strategy == "freeze" and profile != "full"
-    value = _coerce("feature_cache", value, False)
+def _feature_cache(value, strategy: str) -> bool:
+    """没有指定（None）时不缓存：三种策略的数据增广相同，06 的公平比较可以直接复用 04 的这次训练。"""
+    value = _coerce("feature_cache", value, False) if value is not None else False
     if value and strategy != "freeze":
         raise ProfileError(f"特征缓存只适用于 freeze 策略，当前策略是 {strategy}。把 FEATURE_CACHE 设为 None 或 False。")
     return bool(value)

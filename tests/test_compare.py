@@ -103,9 +103,10 @@ def test_run_strategies_trains_with_the_same_augmentation_then_reuses_and_retrai
     again = compare.run_strategies("smoke", ["freeze", "scratch"], notebook=fake_train)
     assert len(_runs(outputs)) == 2 and again["来源"].tolist() == ["复用已有结果"] * 2  # 设置相同：不再训练
 
-    # 设置不同就重新训练，并说出是哪一项不同；smoke 的 freeze 默认缓存特征，06 注入 False 才与另外两种相同
+    # 设置不同就重新训练，并说出是哪一项不同；04 默认也不缓存特征，按默认设置训练的 04 可以直接复用
     assert _reuse_blocker("smoke", "freeze", {"EPOCHS": 2, **COMPARISON_PARAMETERS}) == "设置不同（epochs）"
-    assert _reuse_blocker("smoke", "freeze", {}) == "设置不同（feature_cache）"
+    assert _reuse_blocker("smoke", "freeze", {}) is None
+    assert _reuse_blocker("smoke", "freeze", {"FEATURE_CACHE": True}) == "设置不同（feature_cache）"
     assert _reuse_blocker("smoke", "finetune", COMPARISON_PARAMETERS) == "还没有训练结果"
     changed = compare.run_strategies("smoke", ["freeze"], {"EPOCHS": 2}, notebook=fake_train)
     assert changed["来源"].tolist() == ["本次训练：设置不同（epochs）"] and changed["轮数"].tolist() == [2]
@@ -151,6 +152,8 @@ def test_the_choice_is_made_on_validation_before_any_test_score_exists(outputs, 
     assert table["测试集准确率"].tolist() == pytest.approx([0.5, 0.6, 0.95])  # 测试集上 scratch 最好，也不改选择
     assert read_metrics(metrics_path("smoke", "scratch"))["test_acc"] == 0.95
     assert table["主干学习率"].tolist() == ["不训练", "0.0001", "0.001"]  # finetune 的主干学习率小十倍
+    compare.run_strategies("smoke", notebook="不会用到.ipynb")
+    assert len(seen) == 3  # 都已有测试成绩（评的是同一个最佳检查点）：再对比一次也不重评
 
     _write_metrics("smoke", "scratch", val=0.9)  # 并列时取课程里靠前的
     assert _choose("smoke", ["scratch", "finetune"]) == "scratch"

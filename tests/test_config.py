@@ -69,9 +69,10 @@ def test_full_and_quick_keep_the_tutorials_resnet18_and_demo_uses_the_offline_li
         resolve_settings("demo", arch="vgg16")
 
 
-def test_strategy_is_checked_and_the_feature_cache_default_follows_it():
-    assert resolve_settings("demo", strategy="Freeze").extra == {"strategy": "freeze", "feature_cache": True}
-    assert resolve_settings("full", strategy="freeze").extra["feature_cache"] is False  # full 保留数据增广
+def test_strategy_is_checked_and_the_feature_cache_is_off_unless_asked_for():
+    for profile in ("full", "quick", "demo", "smoke"):  # 默认保留数据增广：06 的公平比较能直接复用 04 的结果
+        assert resolve_settings(profile, strategy="Freeze").extra == {"strategy": "freeze", "feature_cache": False}
+    assert resolve_settings("demo", strategy="freeze", feature_cache="True").extra["feature_cache"] is True
     assert resolve_settings("demo", strategy="freeze", feature_cache="False").extra["feature_cache"] is False
     with pytest.raises(ProfileError, match="未知的迁移策略 'frozen'"):
         resolve_settings("demo", strategy="frozen")
