@@ -117,7 +117,7 @@ _FULL = Settings(
     val_fraction=0.15, num_workers=None, seed=42,
 )
 _DEMO = _FULL.replace(profile="demo", dataset="demo", arch="efficientnet_lite0", image_size=112, resize_size=128,
-                      epochs=4, weights_required=False, extra={})
+                      epochs=3, weights_required=False, extra={})
 PROFILES: dict[str, Settings] = {
     "full": _FULL,
     "quick": _FULL.replace(profile="quick", epochs=4, per_class_limit=60, extra={}),

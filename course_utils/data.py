@@ -301,7 +301,7 @@ def make_loaders(train_ds, val_ds, test_ds, batch_size, num_workers, seed):
     train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=generator,
                               num_workers=num_workers, persistent_workers=num_workers > 0)
     val_loader = DataLoader(val_ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
-    test_loader = DataLoader(test_ds, batch_size=batch_size, num_workers=num_workers)
+    test_loader = DataLoader(test_ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
     return train_loader, val_loader, test_loader
 
 
@@ -326,8 +326,9 @@ class CourseData:
 def course_data(settings, *, mean, std, train_per_class: int | None = None) -> CourseData:
     """03 的全部步骤合在一起：准备数据集、预处理、划分、DataLoader。
 
-    mean、std 取自 ``cu.load_pretrained`` 的 info；train_per_class：每类最多留多少张训练图（固定种子挑选，
-    验证集和测试集不变；06 画“训练图片越少，预训练越值钱”），None 表示按档位（quick 每类 60 张）。
+    mean、std 取自 ``cu.load_pretrained`` 的 info；train_per_class：每类最多留多少张训练图（在档位的训练集里
+    按固定种子挑选，张数少的子集包含在张数多的里面；验证集和测试集不变；06 画“训练图片越少，预训练越值钱”），
+    None 表示按档位（quick 每类 60 张）。
     """
     root = prepare_dataset(settings)
     train_tf, eval_tf = build_transforms(settings.image_size, settings.resize_size, list(mean), list(std))
@@ -339,9 +340,9 @@ def course_data(settings, *, mean, std, train_per_class: int | None = None) -> C
     if settings.per_class_limit:  # quick 档位：训练集每类 per_class_limit 张，验证集按比例缩小
         val_limit = max(1, round(settings.per_class_limit * settings.val_fraction / (1 - settings.val_fraction)))
         val_ds = Subset(val_ds.dataset, limit_per_class(val_ds, val_limit, settings.seed))
-    limit = min(filter(None, (train_per_class, settings.per_class_limit)), default=None)
-    if limit:
-        train_ds = Subset(train_ds.dataset, limit_per_class(train_ds, limit, settings.seed))
+    for limit in (settings.per_class_limit, train_per_class):  # 依次缩小：小的子集总是包含在大的子集里
+        if limit:
+            train_ds = Subset(train_ds.dataset, limit_per_class(train_ds, limit, settings.seed))
     workers = safe_num_workers() if settings.num_workers is None else max(0, int(settings.num_workers))
     loaders = make_loaders(train_ds, val_ds, test_ds, settings.batch_size, workers, settings.seed)
     return CourseData(root, list(test_ds.classes), train_ds, val_ds, test_ds, *loaders, tuple(mean), tuple(std))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
@@ -105,28 +106,36 @@ def fit(model, head, train_loader, val_loader, optimizer, *, epochs: int, device
     """
     device = torch.device(device)
     model.to(device)
-    layout = device.type in ("cpu", "cuda")
-    if layout:
-        model.to(memory_format=torch.channels_last)
     run = _Run(model, optimizer, checkpoint_dir, run_name, meta, train_loader.generator)
     if resume:
         run.restore()
+    with channels_last(model, device):
+        try:
+            net, train_data, val_data, cache_seconds = model, train_loader, val_loader, 0.0
+            if feature_cache:
+                if any(p.requires_grad for p in model.parameters() if all(p is not q for q in head.parameters())):
+                    raise ValueError("特征缓存只适用于 freeze 策略（主干不变，特征才能重复使用）。把 FEATURE_CACHE 设为 False。")
+                began = time.perf_counter()
+                train_data, val_data = _cached_loaders(model, train_loader, val_loader, device)
+                net, cache_seconds = head, time.perf_counter() - began
+            run.train(net, train_data, val_data, epochs, device, max_batches, cache_seconds)
+        except KeyboardInterrupt:
+            print(f"\n训练被中断。{run.resume_hint()}")
+            raise
+    return run.history
+
+
+@contextlib.contextmanager
+def channels_last(model, device):
+    """在 CPU 和 CUDA 上暂时把模型换成 channels_last 内存布局（卷积快 1.3–1.7 倍，见 benchmarks/），结束后换回。"""
+    layout = torch.device(device).type in ("cpu", "cuda")
+    if layout:
+        model.to(memory_format=torch.channels_last)
     try:
-        net, train_data, val_data, cache_seconds = model, train_loader, val_loader, 0.0
-        if feature_cache:
-            if any(p.requires_grad for p in model.parameters() if all(p is not q for q in head.parameters())):
-                raise ValueError("特征缓存只适用于 freeze 策略（主干不变，特征才能重复使用）。把 FEATURE_CACHE 设为 False。")
-            began = time.perf_counter()
-            train_data, val_data = _cached_loaders(model, train_loader, val_loader, device)
-            net, cache_seconds = head, time.perf_counter() - began
-        run.train(net, train_data, val_data, epochs, device, max_batches, cache_seconds)
-    except KeyboardInterrupt:
-        print(f"\n训练被中断。{run.resume_hint()}")
-        raise
+        yield model
     finally:
         if layout:
             model.to(memory_format=torch.contiguous_format)
-    return run.history
 
 
 class _Run:

@@ -239,11 +239,13 @@ def test_data_efficiency_trains_each_point_once_and_reuses_the_cache(outputs, mo
     import pandas as pd
 
     settings = cu.resolve_settings("smoke")
-    table = compare.data_efficiency(settings, "cpu", sizes=(2,), strategies=("freeze",))
+    table = compare.data_efficiency(settings, "cpu", sizes=(2,), strategies=("freeze", "scratch"))
     classes = len(cu.dataset_classes("smoke"))
-    assert table["策略"].tolist() == ["freeze", "freeze"] and table["每类训练图"].tolist() == [2, "全部"]
+    assert table["策略"].tolist() == ["freeze"] * 2 + ["scratch"] * 2
+    assert table["每类训练图"].tolist() == [2, "全部"] * 2
+    assert table["训练图片数"].tolist()[:2] == table["训练图片数"].tolist()[2:]  # freeze 共用特征，图片数照样对得上
     assert table["训练图片数"].iloc[0] == 2 * classes and table["训练图片数"].iloc[1] > 2 * classes
-    assert table["类别数"].tolist() == [classes] * 2
+    assert table["类别数"].tolist() == [classes] * 4
     assert table["测试准确率"].between(0, 1).all()
     assert (outputs / "smoke" / "metrics" / "data_efficiency.json").exists()
     assert "训练:" not in capsys.readouterr().err  # 只有一个总进度条，每次训练的进度条不画
@@ -251,15 +253,15 @@ def test_data_efficiency_trains_each_point_once_and_reuses_the_cache(outputs, mo
     def no_training(*args):
         raise AssertionError("不该重新训练")
 
-    monkeypatch.setattr(compare, "_efficiency_point", no_training)
-    again = compare.data_efficiency(settings, "cpu", sizes=(2,), strategies=("freeze",))
+    monkeypatch.setattr(compare, "_trained_points", no_training)
+    monkeypatch.setattr(compare, "_freeze_points", no_training)
+    again = compare.data_efficiency(settings, "cpu", sizes=(2,), strategies=("freeze", "scratch"))
     assert "设置与上次相同：复用" in capsys.readouterr().out
     assert again.to_dict("list") == table.to_dict("list")
     with pytest.raises(AssertionError, match="不该重新训练"):  # 换了数据量：缓存不算数
         compare.data_efficiency(settings, "cpu", sizes=(3,), strategies=("freeze",))
 
-    two = table.assign(策略="scratch", 测试准确率=0.2)
-    fig = compare.plot_data_efficiency(pd.concat([table, two], ignore_index=True))
+    fig = compare.plot_data_efficiency(table.assign(测试准确率=[0.5, 0.6, 0.2, 0.2]))
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [LABELS["freeze"], LABELS["scratch"], "随机猜测（1 / 类别数）"]
     assert len(ax.lines) == 3 and list(ax.lines[1].get_ydata()) == pytest.approx([0.2, 0.2])  # 每种策略一条，加一条参考线

@@ -93,6 +93,12 @@ def test_course_data_is_03_in_one_call_and_quick_takes_a_fixed_subset(root):
     few = cu.course_data(_settings(root), mean=HALF, std=HALF, train_per_class=2)
     assert _per_class(few.train_ds) == [2, 2, 2] and len(few.val_ds) == 15  # 只限训练集
     assert set(few.train_ds.indices) <= set(data.train_ds.indices)
+    # 小的子集包含在大的里面，也包含在档位的子集里（06 的 freeze 各点从同一份特征里按这个挑图）
+    more = cu.course_data(_settings(root), mean=HALF, std=HALF, train_per_class=4)
+    assert set(few.train_ds.indices) < set(more.train_ds.indices)
+    quick_few = cu.course_data(_settings(root, per_class_limit=6), mean=HALF, std=HALF, train_per_class=4)
+    assert _per_class(quick_few.train_ds) == [4, 4, 4] and set(quick_few.train_ds.indices) < set(quick.train_ds.indices)
+    assert quick_few.train_ds.indices == cu.data.limit_per_class(quick.train_ds, 4, _settings(root).seed)
 
 
 def test_class_sets_must_match_between_splits(tmp_path):

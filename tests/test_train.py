@@ -38,11 +38,12 @@ def _loaders(seed=0, batch_size=6):
     return train, val
 
 
-def _model(strategy="finetune", seed=0):
+def _model(strategy="finetune", seed=0, feature_cache=None):
     """(model, head, optimizer, meta)：与 04 第 10 节同样的几行。"""
     torch.manual_seed(seed)
     model, head, info = cu.build_model("resnet18", NUM_CLASSES, strategy, weights=None)
-    meta = cu.run_meta(cu.resolve_settings("smoke", strategy=strategy, image_size=32), info, CLASS_NAMES)
+    settings = cu.resolve_settings("smoke", strategy=strategy, image_size=32, feature_cache=feature_cache)
+    meta = cu.run_meta(settings, info, CLASS_NAMES)
     return model, head, cu.make_optimizer(model, head, strategy, 0.01), meta
 
 
@@ -304,7 +305,7 @@ def test_feature_cache_is_only_for_freeze():
 
 def test_record_run_writes_readable_chinese_metrics_naming_the_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path))
-    model, _, _, meta = _model("freeze")
+    model, _, _, meta = _model("freeze", feature_cache=True)
     history = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.4, "val_loss": 0.9, "val_acc": 0.5, "lr": 0.001,
                 "seconds": 2.0, "cache_seconds": 0.5},
                {"epoch": 2, "train_loss": 0.8, "train_acc": 0.6, "val_loss": 0.7, "val_acc": 0.5, "lr": 0.001,
