@@ -288,11 +288,13 @@ def plot_strategy_curves(profile: str, strategies=STRATEGIES):
 # ---------------------------------------------------------------- 数据量曲线：每类只有几张训练图时
 
 
-MIN_STEPS = 16  # 训练集很小时也至少走这么多步（否则每类 2 张图、3 轮只有 3 步，什么都学不到）
+MIN_STEPS = 12  # 训练集很小时也至少走这么多步（否则每类 2 张图、3 轮只有 3 步，什么都学不到）
 
 
-def data_efficiency(settings, device, sizes=(2, 5, 10), strategies=STRATEGIES):
+def data_efficiency(settings, device, sizes=None, strategies=STRATEGIES):
     """每类只留 sizes 张训练图（验证集、测试集不变），每种策略各训练一次，记下测试准确率；另加一点“全部”训练图。
+
+    sizes 为 None 时：smoke 只取 (2,)（只为跑通流程），其余档位取 (2, 5, 10)。
 
     每个点做法相同：轮数取档位的轮数，但总步数不少于 ``MIN_STEPS``（smoke 除外）；报告最后一轮的测试准确率（不看验证集）。
     freeze 的各点共用一次缓存的特征（很便宜，也没有数据增广）；“全部”的 finetune、scratch 直接评 06 刚训练的
@@ -301,6 +303,7 @@ def data_efficiency(settings, device, sizes=(2, 5, 10), strategies=STRATEGIES):
     """
     import pandas as pd
 
+    sizes = tuple(sizes or ((2,) if settings.profile == "smoke" else (2, 5, 10)))
     cache = paths.output_dir(settings.profile, "metrics") / "data_efficiency.json"
     key = {"settings": settings.to_dict(), "sizes": list(sizes), "strategies": list(strategies), "min_steps": MIN_STEPS}
     if cache.exists() and (stored := read_metrics(cache)).get("key") == key:
