@@ -51,7 +51,6 @@ class Notes(list):
 
 # ---------------------------------------------------------------- 执行训练笔记本
 
-
 def _run_training_notebook(profile: str, strategy: str, parameters: dict, notebook=None) -> Path:
     """用 papermill 执行一次训练笔记本，副本写到 ``outputs/<档位>/notebooks/04_train_<策略>.ipynb``。"""
     import nbformat
@@ -131,16 +130,12 @@ def _choose(profile: str, strategies) -> str:
 
 
 def _test_after_choice(profile: str, strategies, device) -> None:
-    """策略选定之后，才在测试集上把每种策略的最佳检查点各评一次，成绩写回它的指标 JSON。
-
-    指标里已有测试成绩的（04 单独运行时评过同一个最佳检查点，或者上次对比时评过）不再重评：数字会完全一样。
-    """
+    """策略选定之后，才在测试集上把每种策略的最佳检查点各评一次，成绩写回它的指标 JSON。已有测试成绩的
+    （04 单独运行时、或上次对比时评过同一个最佳检查点）不再重评：数字会完全一样。"""
     for strategy in strategies:
-        path = metrics_path(profile, strategy)
-        if read_metrics(path).get("test_acc") is not None:
-            continue
-        test = checkpoint_test_accuracy(checkpoint_path(profile, strategy), device)
-        write_metrics(path, {**read_metrics(path), "test_acc": test["acc"], "test_loss": test["loss"]})
+        if read_metrics(path := metrics_path(profile, strategy)).get("test_acc") is None:
+            test = checkpoint_test_accuracy(checkpoint_path(profile, strategy), device)
+            write_metrics(path, {**read_metrics(path), "test_acc": test["acc"], "test_loss": test["loss"]})
 
 
 def checkpoint_test_accuracy(path, device, profile: str | None = None) -> dict:
@@ -170,7 +165,6 @@ def checkpoint_data(settings, meta: dict):
 
 
 # ---------------------------------------------------------------- 选中的策略（05、07、10–12 用）
-
 
 def strategy_checkpoint(profile: str, strategy: str | None = None, run_missing: bool | None = None,
                         notebook=None) -> Path:
@@ -210,7 +204,6 @@ def _missing(profile: str, strategy: str) -> str:
 
 
 # ---------------------------------------------------------------- 对比表与说明
-
 
 def _all_metrics(profile: str, strategies) -> dict:
     found = {s: _load_metrics(profile, s) for s in strategies}
@@ -287,19 +280,14 @@ def plot_strategy_curves(profile: str, strategies=STRATEGIES):
 
 # ---------------------------------------------------------------- 数据量曲线：每类只有几张训练图时
 
-
 MIN_STEPS = 12  # 训练集很小时也至少走这么多步（否则每类 2 张图、3 轮只有 3 步，什么都学不到）
 
 
 def data_efficiency(settings, device, sizes=None, strategies=STRATEGIES):
-    """每类只留 sizes 张训练图（验证集、测试集不变），每种策略各训练一次，记下测试准确率；另加一点“全部”训练图。
-
-    sizes 为 None 时：smoke 只取 (2,)（只为跑通流程），其余档位取 (2, 5, 10)。
-
-    每个点做法相同：轮数取档位的轮数，但总步数不少于 ``MIN_STEPS``（smoke 除外）；报告最后一轮的测试准确率（不看验证集）。
-    freeze 的各点共用一次缓存的特征（很便宜，也没有数据增广）；“全部”的 finetune、scratch 直接评 06 刚训练的
-    ``<策略>_last.pt``。结果存在 ``metrics/data_efficiency.json``，设置相同就复用。返回长表：策略、每类训练图、
-    训练图片数、类别数、测试准确率、测试损失、用时（秒；freeze 各点不含共用的那次特征计算）。
+    """每类只留 sizes 张训练图（None：smoke 取 (2,)，其余档位 (2, 5, 10)；验证集、测试集不变）加上“全部”，每种策略
+    每点训练一次。做法相同：档位的轮数，但总步数不少于 ``MIN_STEPS``；报告最后一轮的测试准确率（不看验证集）。
+    结果存在 ``metrics/data_efficiency.json``，设置相同就复用。返回长表：策略、每类训练图、训练图片数、类别数、
+    测试准确率、测试损失、用时（秒；freeze 各点不含共用的那次特征计算）。
     """
     import pandas as pd
 
@@ -309,109 +297,68 @@ def data_efficiency(settings, device, sizes=None, strategies=STRATEGIES):
     if cache.exists() and (stored := read_metrics(cache)).get("key") == key:
         print(f"设置与上次相同：复用 {paths.display_path(cache)}。")
         return pd.DataFrame(stored["rows"])
-    points = [*sizes, None]
     bar = progress_bar(list(strategies), desc="数据量曲线", unit="种策略")
     rows = []
     for strategy in bar:
         bar.set_postfix_str(strategy)
         with _quiet():
-            if strategy == "freeze":
-                rows += _freeze_points(settings, points, device)
-            else:
-                rows += _trained_points(settings, strategy, points, device)
+            rows += _strategy_points(settings, strategy, [*sizes, None], device)
     write_metrics(cache, {"key": key, "rows": rows})
     return pd.DataFrame(rows)
 
 
-def _epochs_for(settings, train_size: int) -> int:
-    """数据量曲线上一个点的轮数：档位的轮数，但总步数不少于 MIN_STEPS（smoke 用 max_batches 封顶，只为跑通）。"""
-    steps = math.ceil(train_size / settings.batch_size)
-    return settings.epochs if settings.max_batches else max(settings.epochs, math.ceil(MIN_STEPS / steps))
-
-
-def _row(strategy, per_class, train_size, num_classes, logits, labels, began) -> dict:
+def _strategy_points(settings, strategy: str, points, device) -> list[dict]:
+    """一种策略在数据量曲线上的各点（每点一行），只换训练子集（与 ``course_data(train_per_class=...)`` 挑的相同）。
+    freeze：主干把训练图（评估预处理）、验证图、测试图各算一遍特征，每点只训练一个新的分类头；
+    finetune / scratch：每点从头训练一次，“全部”直接评 06 的最后一轮检查点。"""
     import torch.nn.functional as F
-
-    return {"策略": strategy, "每类训练图": "全部" if per_class is None else per_class, "训练图片数": train_size,
-            "类别数": num_classes, "测试准确率": (logits.argmax(1) == labels).float().mean().item(),
-            "测试损失": F.cross_entropy(logits, labels).item(), "用时（秒）": round(time.perf_counter() - began, 1)}
-
-
-def _trained_points(settings, strategy: str, points, device) -> list[dict]:
-    """finetune / scratch 的各点：每个点从头训练一次（“全部”直接评 06 的最后一轮检查点），返回每点一行。
-
-    各点共用一份数据（同一个验证批次、同一个测试集），只换训练子集：与 ``course_data(train_per_class=...)`` 挑的相同。
-    """
-    from torch.utils.data import Subset
+    from torch import nn
+    from torch.utils.data import DataLoader, Subset, TensorDataset
 
     from .data import course_data, dataset_classes, limit_per_class, make_loaders
-    from .train import channels_last, evaluate, fit
-
-    last = Path(checkpoint_path(settings.profile, strategy, kind="last"))
-    num_classes = len(dataset_classes(settings.dataset))
-    data = val_batch = None
-    rows = []
-    for per_class in points:
-        began = time.perf_counter()
-        if per_class is None and last.exists():
-            model, meta = load_checkpoint(last, device=device)
-            trained = checkpoint_data(settings, meta)
-            test_loader, train_size = trained.test_loader, len(trained.train_ds)
-        else:
-            model, head, info = build_model(settings.arch, num_classes, strategy, settings.weights,
-                                            required=settings.weights_required)
-            if data is None:
-                data = course_data(settings, mean=info["mean"], std=info["std"])
-                images, labels = next(iter(data.val_loader))
-                val_batch = [(images[:1], labels[:1])]  # 这里不看验证集：fit 每轮只验证一张图，省下时间
-            train_ds = data.train_ds if per_class is None else Subset(
-                data.train_ds.dataset, limit_per_class(data.train_ds, per_class, settings.seed))
-            train_loader = make_loaders(train_ds, data.val_ds, data.test_ds, settings.batch_size,
-                                        data.train_loader.num_workers, settings.seed)[0]
-            optimizer = make_optimizer(model, head, strategy, settings.lr, settings.backbone_lr_scale)
-            fit(model, head, train_loader, val_batch, optimizer, epochs=_epochs_for(settings, len(train_ds)),
-                device=device, max_batches=settings.max_batches)
-            test_loader, train_size = data.test_loader, len(train_ds)
-        with channels_last(model, device):
-            logits, labels = evaluate(model, test_loader, device)
-        rows.append(_row(strategy, per_class, train_size, num_classes, logits, labels, began))
-    return rows
-
-
-def _freeze_points(settings, points, device) -> list[dict]:
-    """freeze 的各点：主干把训练图（评估预处理）、验证图和测试图各算一遍特征，之后每个点只训练一个新的分类头。
-
-    每个点的训练图与 ``course_data(train_per_class=...)`` 挑出的完全相同（同一个种子）。
-    """
-    import torch
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from .data import course_data, dataset_classes, limit_per_class
     from .train import _cached_loaders, backbone_features, channels_last, evaluate, fit
 
-    model, head, info = build_model(settings.arch, len(dataset_classes(settings.dataset)), "freeze", settings.weights,
-                                    required=settings.weights_required)
+    fresh = functools.partial(build_model, settings.arch, len(dataset_classes(settings.dataset)), strategy,
+                              settings.weights, required=settings.weights_required)
+    model, head, info = fresh()
     data = course_data(settings, mean=info["mean"], std=info["std"])
-    with channels_last(model.to(device), device):
-        train_features, val_features = (loader.dataset for loader in
-                                        _cached_loaders(model, data.train_loader, data.val_loader, device))
-        test_features = TensorDataset(*backbone_features(model, data.test_loader, device))
-    position = {index: i for i, index in enumerate(data.train_ds.indices)}  # 底层数据集的下标 -> 特征的行号
+    images, labels = next(iter(data.val_loader))
+    val = [(images[:1], labels[:1])]  # 这里不看验证集：每轮只验证一张图
+    train_set, test, workers = data.train_ds, data.test_loader, data.train_loader.num_workers
+    if strategy == "freeze":  # 特征已在内存里，训练分类头不用加载进程
+        with channels_last(model.to(device), device):
+            train_set, val_set = (loader.dataset for loader in
+                                  _cached_loaders(model, data.train_loader, data.val_loader, device))
+            test = DataLoader(TensorDataset(*backbone_features(model, test, device)), batch_size=settings.batch_size)
+        val, workers = DataLoader(val_set, batch_size=settings.batch_size), 0
+    position = {index: i for i, index in enumerate(data.train_ds.indices)}  # 底层数据集的下标 -> 训练集里的位置
+    last = Path(checkpoint_path(settings.profile, strategy, kind="last"))
     rows = []
     for per_class in points:
         began = time.perf_counter()
-        keep = (range(len(position)) if per_class is None else
+        keep = (list(range(len(position))) if per_class is None else
                 [position[i] for i in limit_per_class(data.train_ds, per_class, settings.seed)])
-        subset = TensorDataset(*(tensor[list(keep)] for tensor in train_features.tensors))
-        new_head = nn.Linear(head.in_features, head.out_features)
-        optimizer = make_optimizer(new_head, new_head, "freeze", settings.lr, settings.backbone_lr_scale)
-        loader = DataLoader(subset, batch_size=settings.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(settings.seed))
-        fit(new_head, new_head, loader, DataLoader(val_features, batch_size=settings.batch_size), optimizer,
-            epochs=_epochs_for(settings, len(subset)), device=device, max_batches=settings.max_batches)
-        logits, labels = evaluate(new_head, DataLoader(test_features, batch_size=settings.batch_size), device)
-        rows.append(_row("freeze", per_class, len(subset), len(data.class_names), logits, labels, began))
+        if strategy != "freeze" and per_class is None and last.exists():
+            model, meta = load_checkpoint(last, device=device)
+            point_test = checkpoint_data(settings, meta).test_loader
+        else:
+            if strategy == "freeze":
+                model = head = nn.Linear(head.in_features, head.out_features)
+            elif rows:
+                model, head, _ = fresh()
+            loader = make_loaders(Subset(train_set, keep), data.val_ds, data.test_ds, settings.batch_size, workers,
+                                  settings.seed)[0]
+            epochs = settings.epochs if settings.max_batches else max(  # 总步数不少于 MIN_STEPS（smoke 只为跑通）
+                settings.epochs, math.ceil(MIN_STEPS / math.ceil(len(keep) / settings.batch_size)))
+            optimizer = make_optimizer(model, head, strategy, settings.lr, settings.backbone_lr_scale)
+            fit(model, head, loader, val, optimizer, epochs=epochs, device=device, max_batches=settings.max_batches)
+            point_test = test
+        with channels_last(model, device):
+            logits, labels = evaluate(model, point_test, device)
+        rows.append({"策略": strategy, "每类训练图": per_class or "全部", "训练图片数": len(keep),
+                     "类别数": len(data.class_names), "测试准确率": (logits.argmax(1) == labels).float().mean().item(),
+                     "测试损失": F.cross_entropy(logits, labels).item(),
+                     "用时（秒）": round(time.perf_counter() - began, 1)})
     return rows
 
 

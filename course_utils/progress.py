@@ -15,8 +15,16 @@ def is_headless() -> bool:
 
 
 def progress_bar(iterable=None, **kwargs):
-    """tqdm 进度条，参数与 tqdm 相同：交互运行时用 ``tqdm.autonotebook``（JupyterLab 中是网页进度条）；
-    无人值守时用文字进度条，并把刷新间隔拉长，免得执行过的笔记本里堆满进度条的中间状态。"""
+    """tqdm 进度条，参数与 tqdm 相同：交互运行时用 ``tqdm.autonotebook``（JupyterLab 中是网页进度条）；无人值守时用文字
+    进度条，并把刷新间隔拉长，免得执行过的笔记本里堆满进度条的中间状态。不用 ``tqdm.auto``：它创建进度条时就 ``iter()``
+    一次，对 DataLoader 就是多一个迭代器，多读几批、打乱的顺序也变（https://github.com/tqdm/tqdm/issues/1598）。"""
+    import warnings
+
+    from tqdm import TqdmExperimentalWarning
+
+    with warnings.catch_warnings():  # tqdm.autonotebook 在 Jupyter 里会提醒一句“实验性”，不需要
+        warnings.simplefilter("ignore", TqdmExperimentalWarning)
+        from tqdm.autonotebook import tqdm
     if is_headless():
         from tqdm import tqdm
 
@@ -24,24 +32,5 @@ def progress_bar(iterable=None, **kwargs):
             kwargs.setdefault("disable", True)
         kwargs.setdefault("mininterval", 10.0)
         kwargs.setdefault("ascii", True)
-    else:
-        tqdm = _interactive_tqdm()
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
-
-
-def _interactive_tqdm():
-    """Jupyter 里是网页进度条，终端里是文字进度条。
-
-    不用 ``tqdm.auto``：它混入了 ``tqdm.asyncio``，创建进度条时就先 ``iter()`` 一次，对 DataLoader 来说是多建一个
-    迭代器——多启动加载进程、白读几批图片、打乱的顺序也跟着变，被回收时还可能卡住 5 秒
-    （tqdm 的已知问题：https://github.com/tqdm/tqdm/issues/1598）。``tqdm.autonotebook`` 没有这个问题。
-    """
-    import warnings
-
-    from tqdm import TqdmExperimentalWarning
-
-    with warnings.catch_warnings():  # 它在 Jupyter 里会提醒一句“实验性”，这里不需要
-        warnings.simplefilter("ignore", TqdmExperimentalWarning)
-        from tqdm.autonotebook import tqdm
-    return tqdm

@@ -253,8 +253,7 @@ def test_data_efficiency_trains_each_point_once_and_reuses_the_cache(outputs, mo
     def no_training(*args):
         raise AssertionError("不该重新训练")
 
-    monkeypatch.setattr(compare, "_trained_points", no_training)
-    monkeypatch.setattr(compare, "_freeze_points", no_training)
+    monkeypatch.setattr(compare, "_strategy_points", no_training)
     again = compare.data_efficiency(settings, "cpu", sizes=(2,), strategies=("freeze", "scratch"))
     assert "设置与上次相同：复用" in capsys.readouterr().out
     assert again.to_dict("list") == table.to_dict("list")
