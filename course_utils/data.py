@@ -249,8 +249,8 @@ def sample_images(root, split: str = "train", per_class: int = 1, seed: int = 0,
 
 
 def safe_num_workers(max_workers: int = 4) -> int:
-    """DataLoader 安全的进程数：Windows 上、以及 Jupyter 里启动方式不是 fork（macOS 默认 spawn）时为 0
-    （否则子进程可能卡住或报错）；其余取 min(max_workers, 核数 − 1)，至少留一个核给训练。"""
+    """DataLoader 安全的进程数：Windows 上、以及 Jupyter 里启动方式不是 fork（macOS 默认 spawn）时为 0（否则子进程
+    可能卡住或报错）；其余取 min(max_workers, 核数 − 2)：PyTorch 用全部核算模型，2 核上加载进程只会和它抢，给 0。"""
     if sys.platform == "win32":
         return 0
     method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
@@ -258,7 +258,7 @@ def safe_num_workers(max_workers: int = 4) -> int:
         return 0
     # sched_getaffinity：容器或任务调度限制后真正能用的核数
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(max_workers, cores - 1))
+    return max(0, min(max_workers, cores - 2))
 
 
 # ---------------------------------------------------------------- 笔记本 03 写出来的三步（原样保存在这里，供 04 以后复用）

@@ -1,5 +1,6 @@
 """03 写出来的预处理、ImageFolder 划分和 DataLoader，course_data 把它们合在一起，以及数据相关的图。"""
 
+import os
 import sys
 
 import matplotlib
@@ -172,6 +173,9 @@ def test_safe_num_workers(monkeypatch):
     assert cu.safe_num_workers() == 0  # 笔记本 + spawn：子进程找不到笔记本里定义的东西
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
     assert cu.safe_num_workers(max_workers=1) <= 1
+    for cores, workers in {1: 0, 2: 0, 4: 2, 16: 4}.items():  # 两个核都要留给模型
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert cu.safe_num_workers() == workers
 
 
 def test_sample_images_is_seeded(root):
